@@ -1,0 +1,134 @@
+"""Export: quantisation error bounds, artifact round trip, and refusal of bad artifact files."""
+import pickle
+import struct
+
+import pytest
+import torch
+
+import train_gpt as tg
+from test_train_model import tiny
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_quantisation_codes_and_error_bound(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(64, 200) * torch.linspace(0.001, 2.0, 64)[:, None]
+    w[3] = 0.0  # an all-zero row must not produce NaNs
+    q, scale = tg.quantize_rows(w, bits)
+    qmax = 2 ** (bits - 1) - 1
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and scale.shape == (64, 1)
+    # the largest entry of a row maps to +-qmax, unless the row is so small that the fp16 scale floor
+    # (2^-14) applies; the error bound below holds either way
+    reaches = w.abs().amax(dim=1) / qmax >= 2 ** -14
+    assert q.abs().max() <= qmax and (q.abs().amax(dim=1)[reaches] == qmax).all()
+    err = (w - q.float() * scale.float()).abs()
+    assert (err <= scale.float() * 0.5 * (1 + 2 ** -9) + 1e-12).all()
+    assert (q[3] == 0).all()
+    # more bits, smaller error
+    if bits < 8:
+        q8, s8 = tg.quantize_rows(w, bits + 1)
+        assert (w - q8.float() * s8.float()).abs().mean() < err.mean()
+
+
+def test_quant_groups_by_name():
+    cfg = tg.Config(quant_bits_mlp=5, quant_bits_attn=6, quant_bits_bigram=7, quant_bits_embed=8)
+    assert tg.quant_bits_for("blocks.3.mlp.fc.weight", cfg) == 5
+    assert tg.quant_bits_for("blocks.3.attn.k.weight", cfg) == 6
+    assert tg.quant_bits_for("bigram.table.weight", cfg) == 7
+    assert tg.quant_bits_for("tok_emb.weight", cfg) == 8
+    assert tg.quant_bits_for("blocks.0.resid_mix", cfg) == 16 and tg.quant_bits_for("skip_weights", cfg) == 16
+
+
+def test_pruning_zeroes_the_smallest_fraction():
+    w = torch.randn(50, 40)
+    pruned = tg.prune_smallest(w, 0.25)
+    zeroed = pruned == 0
+    assert zeroed.sum() == 500 and w.abs()[zeroed].max() <= w.abs()[~zeroed].min()
+
+
+def packed_model(tmp_path, **kw):
+    cfg = tiny(**kw)
+    torch.manual_seed(0)
+    model = tg.GPT(cfg)
+    for p in model.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "model.ptz"
+    tg.write_atomic(path, tg.pack_artifact(model.state_dict(), cfg))
+    return cfg, model, path
+
+
+def test_artifact_round_trip_is_lossless_for_what_was_stored(tmp_path):
+    cfg, model, path = packed_model(tmp_path, quant_bits_embed=8)
+    config, state = tg.read_artifact(str(path))
+    assert config == {k: getattr(cfg, k) for k in tg.MODEL_FIELDS}
+    assert list(state) == list(model.state_dict())
+    for name, w in model.state_dict().items():
+        bits = tg.quant_bits_for(name, cfg) if w.ndim == 2 else 16
+        if bits < 16:
+            q, scale = tg.quantize_rows(w, bits)
+            expected = q.float() * scale.float()
+        else:
+            expected = w.half().float()
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], expected), name
+    rebuilt = tg.GPT(tg.Config(**config))
+    rebuilt.load_state_dict(state)  # strict: every name and shape matches
+
+
+def test_pruned_export_compresses_smaller(tmp_path):
+    _, _, plain = packed_model(tmp_path)
+    cfg = tiny(prune_frac=0.5)
+    torch.manual_seed(0)
+    model = tg.GPT(cfg)
+    assert len(tg.pack_artifact(model.state_dict(), cfg)) < plain.stat().st_size
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "truncated or corrupted"),
+    (lambda b: b[:-1], "truncated or corrupted"),
+    (lambda b: b[:5], "not an artifact written by train_gpt.py"),
+    (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:], "corrupted"),
+    (lambda b: b"PK\x03\x04" + b[4:], "not an artifact written by train_gpt.py"),
+    (lambda b: b[:8] + struct.pack("<H", 99) + b[10:], "artifact format version 99; this script reads version 1"),
+])
+def test_damaged_artifacts_are_refused_with_the_file_named(tmp_path, damage, message):
+    _, _, path = packed_model(tmp_path)
+    bad = tmp_path / "bad.ptz"
+    bad.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(tg.ArtifactError) as err:
+        tg.read_artifact(str(bad))
+    assert str(bad) in str(err.value) and message in str(err.value)
+
+
+def test_missing_artifact_is_refused(tmp_path):
+    with pytest.raises(tg.ArtifactError, match="cannot read artifact"):
+        tg.read_artifact(str(tmp_path / "absent.ptz"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    for payload in (pickle.dumps(_Exploit(str(marker))),
+                    tg.ARTIFACT_MAGIC + struct.pack("<H", 1) + pickle.dumps(_Exploit(str(marker)))):
+        evil = tmp_path / "evil.ptz"
+        evil.write_bytes(payload)
+        with pytest.raises(tg.ArtifactError):
+            tg.read_artifact(str(evil))
+    torch.save({"x": _Exploit(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(tg.ArtifactError):
+        tg.read_artifact(str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"config": {}, "x": _Exploit(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(tg.ConfigError, match="is not a readable checkpoint"):
+        tg.load_checkpoint(str(tmp_path / "evil.pt"), tg.Config(), "cpu")
+    assert not marker.exists()

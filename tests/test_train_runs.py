@@ -1,0 +1,103 @@
+"""End-to-end CPU runs through python3 and torchrun on the sample data: log contract, process-count
+independence, evaluation-only re-scoring, and the non-finite stop."""
+import hashlib
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, final_figures, run_trainer, train_losses, trainer_env
+
+
+@pytest.fixture(scope="module")
+def single(sample_data, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("single")
+    res = run_trainer(cwd, trainer_env(sample_data, RUN_ID="one"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cwd, (cwd / "logs" / "one.txt").read_text()
+
+
+def summary_of(log: str) -> dict:
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("summary_json: ")
+    return json.loads(last[len("summary_json: "):])
+
+
+def test_log_header_final_lines_and_summary_agree(single):
+    cwd, log = single
+    lines = log.splitlines()
+    code = (ROOT / "train_gpt.py").read_bytes()
+    assert lines[0] == "train_gpt run_id:one mode:train"
+    assert lines[1] == f"code sha256:{hashlib.sha256(code).hexdigest()} bytes:{len(code)}"
+    assert re.match(r"versions python:\S+ torch:\S+", lines[2])
+    assert re.match(r"device type:cpu name:.+ world_size:1 backend:none attention:sdpa compile:0 precision:torch.float32",
+                    lines[3])
+    assert lines[4] == "config:" and "  NUM_LAYERS=2" in lines and "  EVAL_SEQ_LEN=128" in lines
+    s = summary_of(log)
+    loss, bpb = final_figures(log, "final_sliding_exact")
+    assert (f"{s['val_loss']:.8f}", f"{s['val_bpb']:.8f}") == (loss, bpb)
+    assert f"{s['prequant_val_bpb']:.8f}" == final_figures(log, "final_prequant_exact")[1]
+    assert f"{s['roundtrip_val_bpb']:.8f}" == final_figures(log, "final_roundtrip_exact")[1]
+    artifact = cwd / "logs" / "one.ptz"
+    assert s["artifact_bytes"] == artifact.stat().st_size and s["bytes_total"] == artifact.stat().st_size + len(code)
+    assert f"final_size artifact_bytes:{s['artifact_bytes']} code_bytes:{len(code)} total_bytes:{s['bytes_total']} " \
+           "cap:16000000 status:ok" in log
+    assert s["steps"] == 12 and s["stop_reason"] == "iterations" and s["val_full"] is False
+    assert s["non_default"]["NUM_LAYERS"] == 2 and s["launch"].endswith("python3 train_gpt.py")
+    assert [step for step, _ in train_losses(log)] == list(range(1, 13))
+    # it learned something, and quantisation costs little
+    first_val = float(re.search(r"step:0/12 val_loss:\S+ val_bpb:(\S+)", log).group(1))
+    assert s["val_bpb"] < first_val - 0.3 and abs(s["roundtrip_val_bpb"] - s["prequant_val_bpb"]) < 0.05
+    assert int(re.search(r"bpb_audit: byte table matches the decoded text of (\d+) validation documents", log)[1]) > 20
+
+
+def test_two_processes_follow_the_same_loss_curve(single, sample_data, tmp_path):
+    res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="two"), nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "logs" / "two.txt").read_text()
+    assert "world_size:2 backend:gloo" in log
+    one, two = train_losses(single[1]), train_losses(log)
+    assert [s for s, _ in one] == [s for s, _ in two]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(one, two))
+    for key in ("final_prequant_exact", "final_sliding_exact"):
+        assert all(abs(float(a) - float(b)) < 1e-5 for a, b in zip(final_figures(single[1], key), final_figures(log, key)))
+    assert summary_of(log)["launch"].endswith("torchrun --standalone --nproc_per_node=2 train_gpt.py")
+
+
+def eval_env(sample_data, **kw):
+    """Evaluation settings only: the model's shape must come from the artifact."""
+    env = trainer_env(sample_data)
+    for name in ("NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TRAIN_SEQ_LEN",
+                 "BIGRAM_VOCAB_SIZE", "BIGRAM_DIM"):
+        env.pop(name)
+    return {**env, **{k: str(v) for k, v in kw.items()}}
+
+
+def test_eval_only_reproduces_the_logged_score(single, sample_data):
+    cwd, log = single
+    env = eval_env(sample_data, EVAL_ONLY=1, ARTIFACT_PATH=cwd / "logs" / "one.ptz", RUN_ID="rescore")
+    res = run_trainer(cwd, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rescored = (cwd / "logs" / "rescore_eval.txt").read_text()
+    assert rescored.startswith("train_gpt run_id:rescore mode:eval_only")
+    for key in ("final_roundtrip_exact", "final_sliding_exact"):
+        assert final_figures(rescored, key) == final_figures(log, key)
+    assert re.search(r"^final_size .* status:ok$", rescored, re.M)
+    assert summary_of(rescored)["mode"] == "eval_only"
+
+
+def test_eval_only_refuses_shape_settings_that_contradict_the_artifact(single, sample_data):
+    cwd, _ = single
+    env = eval_env(sample_data, EVAL_ONLY=1, ARTIFACT_PATH=cwd / "logs" / "one.ptz", NUM_LAYERS=3)
+    res = run_trainer(cwd, env)
+    assert res.returncode == 2
+    assert "NUM_LAYERS=3 but the artifact has 2" in res.stderr
+
+
+def test_non_finite_loss_stops_at_once_with_the_step(sample_data, tmp_path):
+    res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="nan", SCALAR_LR="1e30"))
+    assert res.returncode == 1
+    assert re.search(r"training stopped: train loss is nan at step 2 \(last finite train loss [\d.]+ at step 1, "
+                     r"last val_bpb [\d.]+ at step 0\)", res.stderr)
+    assert not (tmp_path / "logs" / "nan.ptz").exists()
+    assert "training stopped: train loss is nan at step 2" in (tmp_path / "logs" / "nan.txt").read_text()

@@ -1,0 +1,1356 @@
+#!/usr/bin/env python3
+"""Parameter-golf trainer: a GQA transformer with SmearGate, BigramHash and U-Net skips,
+trained with Muon + AdamW + SWA, exported as an int5/int6 zstd-22 artifact and scored with
+sliding-window bits per byte on the FineWeb validation split.
+
+Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (or `python3 train_gpt.py`).
+Every setting is an environment variable (the upper-case name of a `Config` field).
+Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import struct
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import zstandard
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+# ================================ configuration ================================
+
+SIZE_CAP_BYTES = 16_000_000
+BOS_ID = 1  # challenge data format: every document starts with BOS (id 1)
+
+
+@dataclass
+class Config:
+    """Every setting. Environment variable = field name in upper case."""
+    # run and data
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    run_id: str = ""  # "" -> generated
+    seed: int = 1337
+    val_max_tokens: int = 0  # 0 = whole validation split (the only official score)
+    bpb_audit: bool = True
+    dry_run: bool = False
+    eval_only: bool = False
+    artifact_path: str = ""  # "" -> logs/<RUN_ID>.ptz
+    # schedule and batch
+    iterations: int = 20000
+    warmup_steps: int = 20
+    warmdown_iters: int = 2000
+    max_wallclock_seconds: float = 600.0
+    train_batch_tokens: int = 524_288
+    train_seq_len: int = 1024
+    micro_batches: int = 8
+    val_loss_every: int = 1000
+    train_log_every: int = 200
+    # evaluation
+    eval_seq_len: int = 0  # 0 -> TRAIN_SEQ_LEN
+    eval_stride: int = 64
+    eval_batch_seqs: int = 64
+    # model
+    vocab_size: int = 1024
+    num_layers: int = 12
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 3.0
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    tied_embed_init_std: float = 0.005
+    bigram_vocab_size: int = 2048
+    bigram_dim: int = 96
+    smear_gate: bool = True
+    unet_skips: bool = True
+    # optimisation
+    matrix_lr: float = 0.025
+    scalar_lr: float = 0.025
+    tied_embed_lr: float = 0.035
+    muon_momentum: float = 0.98
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5
+    muon_wd: float = 0.04
+    adam_wd: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.3
+    swa_every: int = 50
+    swa_start_frac: float = 0.4
+    qat_frac: float = 0.0
+    # export
+    quant_bits_mlp: int = 5
+    quant_bits_attn: int = 6
+    quant_bits_bigram: int = 6
+    quant_bits_embed: int = 16  # 16 = fp16
+    prune_frac: float = 0.0
+    zstd_level: int = 22
+    # runtime
+    compile: str = "auto"  # auto (on for CUDA) | 1 | 0
+    attn_backend: str = "auto"  # auto | fa3 | fa2 | sdpa
+    cpu_dtype: str = "bf16"  # bf16 | fp32
+    # checkpoints
+    checkpoint_every: str = "0"  # 0 = off, N = every N steps, Ns = every N seconds
+    checkpoint_path: str = ""  # "" -> checkpoints/<RUN_ID>.pt
+    resume_from: str = ""
+
+
+# Fields that define the network: stored in the artifact so it can be rebuilt without env.
+MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
+                "rope_base", "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate",
+                "unet_skips", "train_seq_len")
+ENV_NAMES = {f.name.upper(): f for f in fields(Config)}
+DEFAULTS = Config()
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message says which and how to fix it."""
+
+
+def parse_setting(kind: str, raw: str):
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if kind == "int":
+        value = float(raw)
+        if value != int(value):
+            raise ValueError
+        return int(value)
+    return float(raw) if kind == "float" else raw.strip()
+
+
+def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
+    """Parse every setting from the environment. Returns the config and warnings."""
+    values, problems = {}, []
+    for name, f in ENV_NAMES.items():
+        if name in environ:
+            try:
+                values[f.name] = parse_setting(f.type, environ[name])
+            except ValueError:
+                problems.append(f"{name}={environ[name]!r} is not a valid {f.type}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    warnings = []
+    for name in sorted(environ):
+        if name not in ENV_NAMES and name.isupper():
+            match = difflib.get_close_matches(name, ENV_NAMES, n=1, cutoff=0.8)
+            if match:
+                warnings.append(f"{name} is not a setting and is ignored; did you mean {match[0]}?")
+    return Config(**values), warnings
+
+
+def validate_config(cfg: Config, world_size: int) -> None:
+    """Check ranges and shape consistency; raise one ConfigError listing every problem."""
+    p = []
+
+    def need(ok, msg):
+        if not ok:
+            p.append(msg)
+
+    for name in ("iterations", "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every",
+                 "val_max_tokens", "muon_momentum_warmup_steps", "swa_every", "eval_seq_len"):
+        need(getattr(cfg, name) >= 0, f"{name.upper()} must be >= 0")
+    for name in ("train_batch_tokens", "train_seq_len", "micro_batches", "eval_stride", "eval_batch_seqs",
+                 "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "muon_backend_steps"):
+        need(getattr(cfg, name) >= 1, f"{name.upper()} must be >= 1")
+    for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "muon_wd", "adam_wd", "grad_clip_norm",
+                 "max_wallclock_seconds", "logit_softcap", "mlp_mult"):
+        need(getattr(cfg, name) >= 0, f"{name.upper()} must be >= 0")
+    need(cfg.model_dim % cfg.num_heads == 0,
+         f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
+    need(cfg.num_heads % cfg.num_kv_heads == 0,
+         f"NUM_HEADS={cfg.num_heads} is not a multiple of NUM_KV_HEADS={cfg.num_kv_heads}")
+    need((cfg.model_dim // cfg.num_heads) % 2 == 0,
+         f"head dim MODEL_DIM/NUM_HEADS={cfg.model_dim / cfg.num_heads:g} must be even (RoPE rotates pairs)")
+    need(int(cfg.mlp_mult * cfg.model_dim) >= 1, "MLP_MULT * MODEL_DIM must be >= 1")
+    need(cfg.micro_batches % world_size == 0,
+         f"MICRO_BATCHES={cfg.micro_batches} must be a multiple of the {world_size} processes")
+    need(cfg.train_batch_tokens % (cfg.micro_batches * cfg.train_seq_len) == 0,
+         f"TRAIN_BATCH_TOKENS={cfg.train_batch_tokens} does not split into whole sequences: it must be a "
+         f"multiple of MICRO_BATCHES*TRAIN_SEQ_LEN={cfg.micro_batches * cfg.train_seq_len}")
+    eval_len = cfg.eval_seq_len or cfg.train_seq_len
+    need(cfg.eval_stride <= eval_len, f"EVAL_STRIDE={cfg.eval_stride} is larger than the eval length {eval_len}")
+    need(cfg.vocab_size <= 65536, "VOCAB_SIZE must be <= 65536 (shards store uint16 ids)")
+    need(cfg.bigram_vocab_size == 0 or cfg.bigram_vocab_size >= 2, "BIGRAM_VOCAB_SIZE must be 0 (off) or >= 2")
+    need(cfg.bigram_vocab_size == 0 or cfg.bigram_dim >= 1, "BIGRAM_DIM must be >= 1")
+    for name in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_bigram"):
+        need(2 <= getattr(cfg, name) <= 8, f"{name.upper()} must be between 2 and 8")
+    need(2 <= cfg.quant_bits_embed <= 8 or cfg.quant_bits_embed == 16, "QUANT_BITS_EMBED must be 2..8 or 16 (fp16)")
+    need(0 <= cfg.prune_frac < 1, "PRUNE_FRAC must be in [0, 1)")
+    need(0 <= cfg.qat_frac <= 1, "QAT_FRAC must be in [0, 1]")
+    need(0 < cfg.swa_start_frac <= 1, "SWA_START_FRAC must be in (0, 1]")
+    need(1 <= cfg.zstd_level <= 22, "ZSTD_LEVEL must be between 1 and 22")
+    need(cfg.compile in ("auto", "0", "1"), f"COMPILE={cfg.compile!r}: use auto, 0 or 1")
+    need(cfg.attn_backend in ("auto", "fa3", "fa2", "sdpa"), f"ATTN_BACKEND={cfg.attn_backend!r}: use auto, fa3, fa2 or sdpa")
+    need(cfg.cpu_dtype in ("bf16", "fp32"), f"CPU_DTYPE={cfg.cpu_dtype!r}: use bf16 or fp32")
+    need(checkpoint_interval(cfg) is not None,
+         f"CHECKPOINT_EVERY={cfg.checkpoint_every!r}: use 0 (off), a step count like 500, or seconds like 900s")
+    need(not (cfg.eval_only and not cfg.artifact_path), "EVAL_ONLY=1 needs ARTIFACT_PATH=<file.ptz>")
+    need(not (cfg.eval_only and cfg.resume_from), "EVAL_ONLY and RESUME_FROM cannot be combined")
+    if p:
+        raise ConfigError("\n".join(p))
+
+
+def checkpoint_interval(cfg: Config):
+    """(count, unit) with unit 'steps' or 'seconds'; (0, 'steps') when off; None when malformed."""
+    raw = cfg.checkpoint_every.strip().lower()
+    unit = "seconds" if raw.endswith("s") else "steps"
+    try:
+        count = float(raw.rstrip("s"))
+    except ValueError:
+        return None
+    return (count, unit) if count >= 0 else None
+
+
+def non_default_settings(cfg: Config) -> dict:
+    return {k.upper(): v for k, v in asdict(cfg).items() if v != getattr(DEFAULTS, k)}
+
+# ============================ distributed setup & log ============================
+
+
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    host_group: object  # gloo group for host-side agreement between ranks (None = default)
+    autocast_dtype: object  # torch.dtype or None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def init_runtime(cfg: Config) -> Runtime:
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        autocast_dtype = torch.bfloat16
+    else:
+        device = torch.device("cpu")
+        autocast_dtype = torch.bfloat16 if cfg.cpu_dtype == "bf16" else None
+    host_group = None
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            host_group = dist.new_group(backend="gloo")
+    return Runtime(rank, world_size, device, host_group, autocast_dtype)
+
+
+def all_ranks_max(rt: Runtime, values: list[float]) -> list[float]:
+    """Element-wise max over ranks of a few host floats (no device sync)."""
+    if rt.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=rt.host_group)
+    return t.tolist()
+
+
+def broadcast_str(rt: Runtime, value: str) -> str:
+    if rt.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=rt.host_group)
+    return box[0]
+
+
+class RunLog:
+    """Rank 0 writes every line to the console and to the log file; other ranks stay quiet."""
+
+    def __init__(self, path: Path | None, append: bool = False):
+        self.file = open(path, "a" if append else "x", encoding="utf-8") if path else None
+
+    def __call__(self, msg: str = "") -> None:
+        if self.file:
+            print(msg, flush=True)
+            self.file.write(msg + "\n")
+            self.file.flush()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+# ==================================== data ====================================
+
+
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 1024
+FETCH_HINT = ("download it with `python3 data/cached_challenge_fineweb.py --variant sp1024 --train-shards 10`, "
+              "or build the offline sample with `python3 data/build_dataset.py`")
+
+
+class DataError(Exception):
+    """Missing or malformed data; the message names the file and the problem."""
+
+
+def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
+    """Memory-map a shard's uint16 tokens after checking its header (and ids < vocab_size)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read shard ({e.strerror})") from None
+    if size < SHARD_HEADER_BYTES:
+        raise DataError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header (truncated or not a shard)")
+    header = np.fromfile(path, dtype="<i4", count=3)
+    if header[0] != SHARD_MAGIC:
+        raise DataError(f"{path}: magic {header[0]} is not {SHARD_MAGIC}: not a challenge shard")
+    if header[1] != SHARD_VERSION:
+        raise DataError(f"{path}: shard version {header[1]} is not supported (expected {SHARD_VERSION})")
+    count = int(header[2])
+    if count <= 0 or size != SHARD_HEADER_BYTES + 2 * count:
+        raise DataError(f"{path}: header declares {count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes) but the "
+                        f"file has {size} bytes: truncated or corrupted, re-download or rebuild it")
+    tokens = np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(count,))
+    if vocab_size is not None and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}: "
+                        "the shard was made with a larger vocabulary than the model's")
+    return tokens
+
+
+def find_shards(data_path: str, split: str) -> list[Path]:
+    files = sorted(Path(data_path).glob(f"fineweb_{split}_*.bin"))
+    if not files:
+        raise DataError(f"no fineweb_{split}_*.bin shards in DATA_PATH={data_path}: {FETCH_HINT}")
+    return files
+
+
+class TokenStream:
+    """Training tokens in shard order, wrapping around; its position is (file index, offset)."""
+
+    def __init__(self, files: list[Path], vocab_size: int):
+        self.files, self.vocab_size = files, vocab_size
+        self.load_state({"file_idx": 0, "pos": 0})
+
+    def load_state(self, state: dict) -> None:
+        self.file_idx, self.pos = int(state["file_idx"]), int(state["pos"])
+        self.tokens = open_shard(self.files[self.file_idx], self.vocab_size)
+
+    def state(self) -> dict:
+        return {"file_idx": self.file_idx, "pos": self.pos}
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.pos == len(self.tokens):
+                self.load_state({"file_idx": (self.file_idx + 1) % len(self.files), "pos": 0})
+            k = min(n, len(self.tokens) - self.pos)
+            parts.append(self.tokens[self.pos:self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return np.concatenate(parts)
+
+
+class TrainLoader:
+    """Each micro-step every rank takes its own contiguous span of one shared chunk, so the tokens of a
+    step do not depend on the number of processes (only on MICRO_BATCHES and TRAIN_BATCH_TOKENS)."""
+
+    def __init__(self, files: list[Path], cfg: Config, rt: Runtime):
+        self.stream = TokenStream(files, cfg.vocab_size)
+        self.rt, self.seq_len = rt, cfg.train_seq_len
+        self.span = cfg.train_batch_tokens // cfg.micro_batches + 1
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.stream.take(self.span * self.rt.world_size)
+        local = torch.from_numpy(chunk[self.rt.rank * self.span:(self.rt.rank + 1) * self.span].astype(np.int64))
+        if self.rt.device.type == "cuda":
+            local = local.pin_memory().to(self.rt.device, non_blocking=True)
+        return local[:-1].view(-1, self.seq_len), local[1:].view(-1, self.seq_len)
+
+
+def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
+    path = Path(cfg.tokenizer_path)
+    if not path.is_file():
+        raise DataError(f"TOKENIZER_PATH={path} does not exist: {FETCH_HINT}")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"TOKENIZER_PATH={path} is not a SentencePiece model ({e})") from None
+    if sp.vocab_size() != cfg.vocab_size:
+        raise DataError(f"VOCAB_SIZE={cfg.vocab_size} but the tokenizer {path} has {sp.vocab_size()} pieces: "
+                        "set VOCAB_SIZE to match, or point TOKENIZER_PATH at the tokenizer of this dataset")
+    if sp.bos_id() != BOS_ID:
+        raise DataError(f"{path}: BOS id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
+    return sp
+
+
+def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per token id: UTF-8 bytes of its piece without a leading '▁', whether it has that '▁', and
+    whether it is a control/unknown/unused token (0 bytes, and no space byte for the token after it)."""
+    base = np.zeros(vocab_size, dtype=np.int32)
+    space = np.zeros(vocab_size, dtype=bool)
+    boundary = np.ones(vocab_size, dtype=bool)
+    for i in range(sp.vocab_size()):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        boundary[i] = False
+        if sp.is_byte(i):
+            base[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        space[i] = piece.startswith("\u2581")
+        base[i] = len(piece.removeprefix("\u2581").encode("utf-8"))
+    return base, space, boundary
+
+
+def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
+    """Bytes that each target tokens[1:] stands for, given the token before it."""
+    base, space, boundary = tables
+    prev, cur = tokens[:-1].astype(np.int64), tokens[1:].astype(np.int64)
+    return base[cur] + (space[cur] & ~boundary[prev])
+
+
+def audit_byte_tables(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, max_docs: int = 256) -> int:
+    """Decode the first whole validation documents and check the table gives their exact UTF-8 length."""
+    starts = np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]
+    if len(starts) < 2:
+        raise DataError("BPB audit: the validation tokens hold no whole BOS-delimited document; "
+                        "set BPB_AUDIT=0 to skip the check")
+    doc_tokens = tokens[starts[0]:starts[-1]]
+    per_target = target_bytes(doc_tokens, tables)
+    for d, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        counted = int(per_target[a - starts[0]:b - starts[0] - 1].sum())
+        decoded = len(sp.decode(tokens[a + 1:b].tolist()).encode("utf-8"))
+        if counted != decoded:
+            raise DataError(f"BPB audit: validation document {d} decodes to {decoded} UTF-8 bytes but the byte "
+                            f"table counts {counted}: the tokenizer at TOKENIZER_PATH does not match the data")
+    return len(starts) - 1
+
+
+@dataclass
+class ValData:
+    tokens: torch.Tensor  # int32 on device, num_targets + 1 tokens
+    target_bytes: torch.Tensor  # int32 on device, one per target
+    num_targets: int  # whole eval windows only
+    full: bool  # False when VAL_MAX_TOKENS cut the split
+
+
+def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device) -> ValData:
+    tokens = np.concatenate([open_shard(f, cfg.vocab_size) for f in files])
+    full = not (0 < cfg.val_max_tokens < len(tokens))
+    if not full:
+        tokens = tokens[:cfg.val_max_tokens]
+    num_targets = (len(tokens) - 1) // eval_len * eval_len
+    if num_targets == 0:
+        raise DataError(f"validation split has {len(tokens)} tokens, fewer than one eval window of "
+                        f"{eval_len + 1}: use more validation data or a smaller EVAL_SEQ_LEN")
+    tokens = tokens[:num_targets + 1]
+    return ValData(torch.from_numpy(tokens.astype(np.int32)).to(device),
+                   torch.from_numpy(target_bytes(tokens, tables).astype(np.int32)).to(device), num_targets, full)
+
+# ==================================== model ====================================
+
+
+def quantize_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row quantisation: int8 codes in [-(2^(b-1)-1), 2^(b-1)-1] and an fp16 scale per row."""
+    qmax = 2 ** (bits - 1) - 1
+    w = w.float()
+    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(2 ** -14).half()
+    q = torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
+    return q, scale
+
+
+class QATLinear(nn.Linear):
+    """Bias-free linear with fp32 master weights; `qat_bits` > 0 turns on straight-through fake
+    quantisation (delayed QAT) while training."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.qat_bits = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.qat_bits and self.training:
+            q, scale = quantize_rows(w.detach(), self.qat_bits)
+            w = w + (q.float() * scale.float() - w).detach()
+        return F.linear(x, w)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, train_seq_len: int, device) -> tuple:
+    """cos/sin for RoPE; NTK-aware base scaling when evaluating beyond the training length."""
+    if seq_len > train_seq_len:
+        base = base * (seq_len / train_seq_len) ** (head_dim / (head_dim - 2))
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+def _sdpa(q, k, v):
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=True, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+
+
+def select_attention(requested: str, device: torch.device):
+    """(name, fn) with fn(q, k, v) -> causal attention over (B, T, heads, head_dim) tensors.
+    FlashAttention 3, else 2 on CUDA, else PyTorch SDPA; an absent package never fails the import."""
+    candidates = {"auto": ["fa3", "fa2", "sdpa"], "fa3": ["fa3"], "fa2": ["fa2"], "sdpa": ["sdpa"]}[requested]
+    for name in candidates:
+        if name == "sdpa":
+            return "sdpa", _sdpa
+        if device.type != "cuda":
+            continue
+        try:
+            module = __import__("flash_attn_interface" if name == "fa3" else "flash_attn", fromlist=["flash_attn_func"])
+        except ImportError:
+            continue
+
+        def flash(q, k, v, _fn=module.flash_attn_func):
+            y = _fn(q, k, v, causal=True)
+            return y[0] if isinstance(y, tuple) else y
+        return name, flash
+    raise ConfigError(f"ATTN_BACKEND={requested} is not available on this machine ({device.type}); "
+                      "use ATTN_BACKEND=auto")
+
+
+class CausalSelfAttention(nn.Module):
+    """GQA attention with RoPE, RMS-normed q/k and a learned per-head query gain."""
+
+    def __init__(self, cfg: Config, attention):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.head_dim = cfg.model_dim // cfg.num_heads
+        kv_dim = self.num_kv_heads * self.head_dim
+        self.q = QATLinear(cfg.model_dim, cfg.model_dim)
+        self.k = QATLinear(cfg.model_dim, kv_dim)
+        self.v = QATLinear(cfg.model_dim, kv_dim)
+        self.proj = QATLinear(cfg.model_dim, cfg.model_dim)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.attention = attention
+
+    def forward(self, x: torch.Tensor, rotary: tuple) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = rms_norm(self.q(x).view(B, T, self.num_heads, self.head_dim))
+        k = rms_norm(self.k(x).view(B, T, self.num_kv_heads, self.head_dim))
+        v = self.v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q = apply_rotary(q, *rotary) * self.q_gain.to(q.dtype)[:, None]
+        k = apply_rotary(k, *rotary)
+        y = self.attention(q.to(v.dtype), k.to(v.dtype), v)
+        return self.proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        hidden = int(cfg.mlp_mult * cfg.model_dim)
+        self.fc = QATLinear(cfg.model_dim, hidden)
+        self.proj = QATLinear(hidden, cfg.model_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    """Pre-norm block with learned attention/MLP output scales and a learned mix of the residual
+    stream with the block-0 input x0."""
+
+    def __init__(self, cfg: Config, attention):
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg, attention)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim)]))
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, rotary: tuple) -> torch.Tensor:
+        x = self.resid_mix[0].to(x.dtype) * x + self.resid_mix[1].to(x.dtype) * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x), rotary)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+
+
+def previous_token(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token before each position and whether it may be used: never at position 0, at a BOS
+    (the previous token belongs to another document) or right after a BOS (no real previous token)."""
+    prev = F.pad(idx[:, :-1], (1, 0), value=BOS_ID)
+    return prev, (idx != BOS_ID) & (prev != BOS_ID)
+
+
+class BigramHash(nn.Module):
+    """Hashed (previous, current) token-pair embedding, projected to the model width."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.buckets = cfg.bigram_vocab_size
+        self.table = nn.Embedding(cfg.bigram_vocab_size, cfg.bigram_dim)
+        self.proj = QATLinear(cfg.bigram_dim, cfg.model_dim)
+        self.scale = nn.Parameter(torch.tensor(0.05))
+
+    def forward(self, idx: torch.Tensor, prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
+        pair = torch.bitwise_xor(prev * 48271, idx * 69621) % (self.buckets - 1)
+        bucket = torch.where(has_prev, pair, self.buckets - 1)  # last bucket = "no previous token"
+        return self.scale * self.proj(self.table(bucket))
+
+
+class SmearGate(nn.Module):
+    """Blends each position with the previous one through a learned per-dimension gate."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate.to(x.dtype)) * has_prev[..., None].to(x.dtype)
+        return x + g * (F.pad(x[:, :-1], (0, 0, 1, 0)) - x)
+
+
+class GPT(nn.Module):
+    """Tied-embedding GPT. `forward(idx, targets)` returns per-token NLL (nats): the training loss is
+    its mean and evaluation sums it, so both share one body."""
+
+    def __init__(self, cfg: Config, attention=_sdpa):
+        super().__init__()
+        self.softcap = cfg.logit_softcap
+        self.rope = (cfg.model_dim // cfg.num_heads, cfg.rope_base, cfg.train_seq_len)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.bigram = BigramHash(cfg) if cfg.bigram_vocab_size else None
+        self.smear = SmearGate(cfg.model_dim) if cfg.smear_gate else None
+        self.blocks = nn.ModuleList(Block(cfg, attention) for _ in range(cfg.num_layers))
+        self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
+        num_skips = min(self.num_encoder, cfg.num_layers - self.num_encoder)
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
+        self._init_weights(cfg)
+
+    def _init_weights(self, cfg: Config) -> None:
+        nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
+        for name, m in self.named_modules():
+            if isinstance(m, QATLinear):
+                nn.init.orthogonal_(m.weight)
+                if name.endswith(".proj") and name.startswith("blocks."):
+                    m.weight.data.mul_(1.0 / math.sqrt(2 * cfg.num_layers))
+        if self.bigram is not None:
+            nn.init.normal_(self.bigram.table.weight, std=0.02)
+            nn.init.zeros_(self.bigram.proj.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        prev, has_prev = previous_token(idx)
+        x = self.tok_emb(idx)
+        if self.bigram is not None:
+            x = x + self.bigram(idx, prev, has_prev)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x, has_prev)
+        x0, skips = x, []
+        rotary = rotary_tables(idx.size(1), *self.rope, idx.device)
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder and skips:
+                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
+            x = block(x, x0, rotary)
+            if i < self.num_encoder:
+                skips.append(x)
+        logits = F.linear(rms_norm(x), self.tok_emb.weight).float()
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+def flops_per_token(model: GPT, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per matmul weight (lm head included) + causal attention."""
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, QATLinear))
+    matmul += model.tok_emb.weight.numel()
+    dim = model.tok_emb.weight.size(1)
+    return 6.0 * matmul + 6.0 * len(model.blocks) * seq_len * dim
+
+
+def peak_flops(rt: Runtime) -> float:
+    """Per-device peak: 989 TFLOP/s bf16 dense for H100/H200, else a measured matmul rate."""
+    if rt.device.type == "cuda" and any(k in device_name(rt.device) for k in ("H100", "H200")):
+        return 989e12
+    n, dtype = 1024, rt.autocast_dtype or torch.float32
+    a = torch.randn(n, n, device=rt.device, dtype=dtype)
+    a @ a
+    rt.sync()
+    t0 = time.perf_counter()
+    for _ in range(4):
+        a @ a
+    rt.sync()
+    return 4 * 2 * n ** 3 / (time.perf_counter() - t0)
+
+# ================================== optimizer ==================================
+
+
+def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """Approximate the orthogonal polar factor of g with a quintic Newton-Schulz iteration (bf16)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum
+    buffers (cheap, and checkpoints stay rank-independent); the Newton-Schulz work is split
+    round-robin across ranks and the updates are summed with one all-reduce."""
+
+    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime):
+        super().__init__(params, dict(lr=lr, base_lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
+        self.rt = rt
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = group["params"]
+            sizes = [p.numel() for p in params]
+            updates = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
+            offsets = np.cumsum([0] + sizes)
+            for i, p in enumerate(params):
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                if i % self.rt.world_size == self.rt.rank:
+                    g = p.grad.add(buf, alpha=group["momentum"])
+                    u = newton_schulz(g, group["steps"]) * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    updates[offsets[i]:offsets[i + 1]] = u.flatten()
+            if self.rt.world_size > 1:
+                dist.all_reduce(updates)
+            for i, p in enumerate(params):
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
+
+
+def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.Optimizer]:
+    """Muon for every QATLinear weight; AdamW for the embedding tables and for scalars/controls."""
+    matrices = [m.weight for m in model.modules() if isinstance(m, QATLinear)]
+    tables = [model.tok_emb.weight] + ([model.bigram.table.weight] if model.bigram is not None else [])
+    taken = {id(p) for p in matrices + tables}
+    scalars = [p for p in model.parameters() if id(p) not in taken]
+    adam = torch.optim.AdamW(
+        [dict(params=tables, lr=cfg.tied_embed_lr, base_lr=cfg.tied_embed_lr),
+         dict(params=scalars, lr=cfg.scalar_lr, base_lr=cfg.scalar_lr)],
+        betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.adam_wd,
+        fused=rt.device.type == "cuda")
+    return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt), adam]
+
+# ================================ training loop ================================
+
+
+def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
+    """1 until the warm-down, then linear to 0 at ITERATIONS or at the step predicted to hit the
+    wall-clock cap (per-step time measured on training steps only), whichever comes first."""
+    if cfg.warmdown_iters <= 0:
+        return 1.0
+    scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters)
+    if cfg.max_wallclock_seconds > 0 and step > 0:
+        warmdown_ms = cfg.warmdown_iters * elapsed_ms / step
+        remaining_ms = max(1000 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
+        scale = min(scale, remaining_ms / warmdown_ms if warmdown_ms > 0 else 1.0)
+    return scale
+
+
+def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
+    by_time = elapsed_ms / (1000 * cfg.max_wallclock_seconds) if cfg.max_wallclock_seconds > 0 else 0.0
+    return max(step / max(cfg.iterations, 1), by_time)
+
+
+class SWA:
+    """Running sum of weight snapshots; `average()` gives their mean."""
+
+    def __init__(self):
+        self.sums, self.count = None, 0
+
+    @torch.no_grad()
+    def add(self, model: nn.Module) -> None:
+        if self.sums is None:
+            self.sums = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        else:
+            for k, v in model.state_dict().items():
+                self.sums[k].add_(v.float())
+        self.count += 1
+
+    def average(self) -> dict:
+        return {k: v / self.count for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.count = state["sums"], state["count"]
+
+
+def host_copy(t: torch.Tensor) -> tuple:
+    """Start copying a device scalar to the host; returns (tensor, event to wait on or None)."""
+    if t.device.type != "cuda":
+        return t.detach(), None
+    host = t.detach().to("cpu", non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss); the message has the step and last good figures."""
+
+
+_STOP_SIGNAL = {"received": False}
+
+
+def _on_sigterm(signum, frame):
+    _STOP_SIGNAL["received"] = True
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, cfg: Config, device) -> dict:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"RESUME_FROM={path} does not exist") from None
+    except Exception as e:
+        raise ConfigError(f"RESUME_FROM={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    keep = MODEL_FIELDS + ("train_batch_tokens", "micro_batches", "iterations", "warmdown_iters", "seed")
+    diff = [f"{k.upper()}: checkpoint {state['config'][k]!r}, now {getattr(cfg, k)!r}"
+            for k in keep if state["config"].get(k) != getattr(cfg, k)]
+    if diff:
+        raise ConfigError(f"RESUME_FROM={path} was made with other settings; resume with the same ones:\n  "
+                          + "\n  ".join(diff))
+    return state
+
+
+def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Module, train_files: list[Path],
+          val: ValData) -> dict:
+    """Train `model` (through `run_model`, its compiled form); returns step count and timing."""
+    train_model = DDP(run_model) if rt.world_size > 1 else run_model
+    optimizers = build_optimizers(model, cfg, rt)
+    accum = cfg.micro_batches // rt.world_size
+    linears = [m for m in model.modules() if isinstance(m, QATLinear)]
+    qat_bits = {id(m): quant_bits_for(name, cfg) for name, m in model.named_modules() if isinstance(m, QATLinear)}
+    tokens_per_step, fpt = cfg.train_batch_tokens, flops_per_token(model, cfg.train_seq_len)
+    peak = peak_flops(rt) * rt.world_size
+
+    def set_qat(on: bool):
+        for m in linears:
+            m.qat_bits = qat_bits[id(m)] if on else 0
+
+    def train_step(loader: TrainLoader, scale: float, momentum: float) -> torch.Tensor:
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+        optimizers[0].param_groups[0]["momentum"] = momentum
+        total = torch.zeros((), device=rt.device)
+        for micro in range(accum):
+            x, y = loader.next_batch()
+            if rt.world_size > 1:
+                train_model.require_backward_grad_sync = micro == accum - 1
+            with rt.autocast():
+                loss = train_model(x, y).mean()
+            (loss / accum).backward()
+            total += loss.detach()
+        if rt.world_size > 1:
+            dist.all_reduce(total)
+        total /= accum * rt.world_size
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        return total
+
+    # Warm-up: compile and prime kernels (QAT graph too, if used), then restore the initial state.
+    if cfg.warmup_steps > 0:
+        initial = copy.deepcopy((model.state_dict(), [o.state_dict() for o in optimizers]))
+        loader = TrainLoader(train_files, cfg, rt)
+        for w in range(cfg.warmup_steps):
+            set_qat(cfg.qat_frac > 0 and w >= cfg.warmup_steps // 2)
+            train_step(loader, 1.0, cfg.muon_momentum_warmup_start)
+        set_qat(False)
+        model.load_state_dict(initial[0])
+        for opt, s in zip(optimizers, initial[1]):
+            opt.load_state_dict(s)
+        rt.sync()
+        log(f"warmup: {cfg.warmup_steps} steps done, model and optimiser state restored")
+
+    loader, swa = TrainLoader(train_files, cfg, rt), SWA()
+    step, training_ms = 0, 0.0
+    if cfg.resume_from:
+        state = load_checkpoint(cfg.resume_from, cfg, rt.device)
+        model.load_state_dict(state["model"])
+        for opt, s in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        loader.stream.load_state(state["loader"])
+        if state["swa"]["count"]:
+            swa.load_state_dict(state["swa"])
+        step, training_ms = state["step"], state["training_ms"]
+        torch.set_rng_state(state["rng"].cpu())
+        log(f"resumed from {cfg.resume_from} at step {step} (training time so far {training_ms / 1000:.1f}s)")
+
+    ckpt_every, ckpt_unit = checkpoint_interval(cfg)
+    ckpt_path = Path(cfg.checkpoint_path)
+    if ckpt_every:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    last_ckpt_ms = training_ms
+
+    def checkpoint(reason: str):
+        if rt.is_main:
+            save_checkpoint(ckpt_path, dict(
+                model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
+                loader=loader.stream.state(), swa=swa.state_dict(), step=step, training_ms=training_ms,
+                rng=torch.get_rng_state(), config=asdict(cfg)))
+        if rt.world_size > 1:
+            dist.barrier()
+        log(f"checkpoint: step {step} written to {ckpt_path} ({reason})")
+
+    stop_reason, pending, last_good, last_val = "iterations", None, None, None
+
+    def check_finite(at_step: int, value: torch.Tensor, ready) -> None:
+        nonlocal last_good
+        if ready is not None:
+            ready.synchronize()
+        value = float(value)
+        if not math.isfinite(value):
+            good = f"last finite train loss {last_good[1]:.4f} at step {last_good[0]}" if last_good else "no finite step before it"
+            seen = f", last val_bpb {last_val[1]:.4f} at step {last_val[0]}" if last_val else ""
+            raise TrainingStopped(f"train loss is {value} at step {at_step} ({good}{seen}); no artifact written. "
+                                  "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data.")
+        last_good = (at_step, value)
+    agreed_ms = training_ms  # training time all ranks agree on (max over ranks, one step old)
+    rt.sync()
+    t0 = time.perf_counter()
+    while True:
+        done = step >= cfg.iterations or stop_reason == "wallclock"
+        if done or (cfg.val_loss_every and step % cfg.val_loss_every == 0):
+            rt.sync()
+            training_ms += 1000 * (time.perf_counter() - t0)
+            val_loss, val_bpb = evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
+            last_val = (step, val_bpb)
+            log(f"step:{step}/{cfg.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+            t0 = time.perf_counter()
+        if done:
+            break
+        scale = lr_scale(cfg, step, agreed_ms)
+        warm = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps else 1.0
+        momentum = (1 - warm) * cfg.muon_momentum_warmup_start + warm * cfg.muon_momentum
+        set_qat(cfg.qat_frac > 0 and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac)
+        loss = train_step(loader, scale, momentum)
+        step += 1
+        # Non-finite check one step behind, so the host never waits on the step it just launched.
+        if pending is not None:
+            check_finite(*pending)
+        pending = (step, *host_copy(loss))
+        if cfg.swa_every and scale < cfg.swa_start_frac and step % cfg.swa_every == 0:
+            swa.add(model)
+        elapsed = training_ms + 1000 * (time.perf_counter() - t0)
+        if cfg.train_log_every and (step % cfg.train_log_every == 0 or step <= 10):
+            step_avg = elapsed / step
+            tok_s = tokens_per_step / step_avg * 1000
+            log(f"step:{step}/{cfg.iterations} train_loss:{loss.item():.4f} train_time:{elapsed:.0f}ms "
+                f"step_avg:{step_avg:.2f}ms tok/s:{tok_s:.0f} mfu:{100 * fpt * tok_s / peak:.2f}%")
+        # Ranks agree on the clock and on a SIGTERM, so all of them take the same decisions.
+        agreed_ms, sigterm = all_ranks_max(rt, [elapsed, float(_STOP_SIGNAL["received"])])
+        if cfg.max_wallclock_seconds > 0 and agreed_ms >= 1000 * cfg.max_wallclock_seconds:
+            stop_reason = "wallclock"
+        if ckpt_every and (sigterm or (agreed_ms - last_ckpt_ms >= 1000 * ckpt_every if ckpt_unit == "seconds"
+                                       else step % int(ckpt_every) == 0)):
+            training_ms, t0 = agreed_ms, time.perf_counter()
+            checkpoint("SIGTERM" if sigterm else "periodic")
+            last_ckpt_ms = training_ms
+            if sigterm:
+                log(f"stopped by SIGTERM at step {step}; continue with RESUME_FROM={ckpt_path}")
+                raise SystemExit(143)
+    if pending is not None:
+        check_finite(*pending)
+    rt.sync()
+    if swa.count:
+        model.load_state_dict(swa.average())
+        log(f"swa: averaged {swa.count} snapshots")
+    return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason)
+
+# =================================== export ===================================
+
+ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 1
+
+
+class ArtifactError(Exception):
+    """An artifact cannot be used; the message names the file and the problem."""
+
+
+def quant_bits_for(name: str, cfg: Config) -> int:
+    """Export bit width of a matrix by its name (16 = kept as fp16)."""
+    if name.startswith("tok_emb."):
+        return cfg.quant_bits_embed
+    if name.startswith("bigram."):
+        return cfg.quant_bits_bigram
+    if ".mlp." in name:
+        return cfg.quant_bits_mlp
+    return cfg.quant_bits_attn if ".attn." in name else 16
+
+
+def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
+    """Zero the `frac` smallest-magnitude entries (zeros compress well)."""
+    k = int(frac * w.numel())
+    if k == 0:
+        return w
+    threshold = w.abs().flatten().kthvalue(k).values
+    return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
+
+
+def pack_artifact(state: dict, cfg: Config) -> bytes:
+    """Quantise per row (matrices) or cast to fp16 (the rest), then serialise as: magic, version,
+    zstd(header length, JSON header with model config + tensor table + payload sha256, payload)."""
+    entries, blobs, offset = [], [], 0
+    for name, t in state.items():
+        t = t.detach().float().cpu()
+        bits = quant_bits_for(name, cfg) if t.ndim == 2 else 16
+        entry = dict(name=name, shape=list(t.shape), bits=bits)
+        if bits < 16:
+            q, scale = quantize_rows(prune_smallest(t, cfg.prune_frac), bits)
+            arrays = dict(data=q.numpy(), scale=scale.numpy())
+        else:
+            arrays = dict(data=t.half().numpy())
+        for key, arr in arrays.items():
+            entry[key] = offset
+            blobs.append(arr.tobytes())
+            offset += arr.nbytes
+        entries.append(entry)
+    payload = b"".join(blobs)
+    header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, tensors=entries,
+                             payload_sha256=hashlib.sha256(payload).hexdigest())).encode()
+    body = struct.pack("<I", len(header)) + header + payload
+    compressor = zstandard.ZstdCompressor(level=cfg.zstd_level, write_checksum=True, write_content_size=True)
+    return ARTIFACT_MAGIC + struct.pack("<H", ARTIFACT_VERSION) + compressor.compress(body)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_artifact(path: str) -> tuple[dict, dict]:
+    """(model config, float32 state dict) from an artifact. Only raw numbers and JSON are parsed:
+    nothing in the file is ever executed."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read artifact ({e.strerror})") from None
+    head = len(ARTIFACT_MAGIC) + 2
+    if len(blob) < head or not blob.startswith(ARTIFACT_MAGIC):
+        raise ArtifactError(f"{path}: not an artifact written by train_gpt.py (wrong leading bytes)")
+    version = struct.unpack_from("<H", blob, len(ARTIFACT_MAGIC))[0]
+    if version != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact format version {version}; this script reads version {ARTIFACT_VERSION}")
+    try:
+        body = zstandard.ZstdDecompressor().decompress(blob[head:], max_output_size=1 << 32)
+        size = struct.unpack_from("<I", body)[0]
+        header, payload = json.loads(body[4:4 + size]), body[4 + size:]
+    except (zstandard.ZstdError, struct.error, ValueError) as e:
+        raise ArtifactError(f"{path}: truncated or corrupted ({type(e).__name__}: {e})") from None
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise ArtifactError(f"{path}: payload checksum mismatch: the file is corrupted")
+    state = {}
+    try:
+        for e in header["tensors"]:
+            shape, count = e["shape"], math.prod(e["shape"])
+            if e["bits"] < 16:
+                q = np.frombuffer(payload, np.int8, count, e["data"]).astype(np.float32)
+                w = q.reshape(shape) * np.frombuffer(payload, np.float16, shape[0], e["scale"]).astype(np.float32)[:, None]
+            else:
+                w = np.frombuffer(payload, np.float16, count, e["data"]).astype(np.float32).reshape(shape)
+            state[e["name"]] = torch.from_numpy(w)
+        model = {k: header["model"][k] for k in MODEL_FIELDS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: malformed header ({type(e).__name__}: {e})") from None
+    return model, state
+
+# ================================= evaluation =================================
+
+
+def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window starts and, per window, the first position it scores. Window k covers targets
+    [start, start + seq_len) and scores only those no earlier window reached, so every target is
+    scored exactly once; stride = seq_len gives plain non-overlapping evaluation."""
+    starts = torch.arange(0, num_targets - seq_len + 1, stride)
+    if starts[-1] + seq_len < num_targets:
+        starts = torch.cat([starts, torch.tensor([num_targets - seq_len])])
+    score_from = torch.zeros_like(starts)
+    score_from[1:] = seq_len - (starts[1:] - starts[:-1])
+    return starts, score_from
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
+    """(val_loss in nats, val_bpb) over all validation targets; windows are split across ranks and
+    batched at a fixed shape (the last batch is padded with fully masked windows)."""
+    seq_len, batch = cfg.eval_seq_len, cfg.eval_batch_seqs
+    starts, score_from = eval_windows(val.num_targets, seq_len, stride)
+    lo, hi = len(starts) * rt.rank // rt.world_size, len(starts) * (rt.rank + 1) // rt.world_size
+    starts, score_from = starts[lo:hi].to(rt.device), score_from[lo:hi].to(rt.device)
+    positions = torch.arange(seq_len, device=rt.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # nll, tokens, bytes
+    num_batches = -(-len(starts) // batch)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    for b in range(num_batches):
+        s, f = starts[b * batch:(b + 1) * batch], score_from[b * batch:(b + 1) * batch]
+        s, f = F.pad(s, (0, batch - len(s))), F.pad(f, (0, batch - len(f)), value=seq_len)
+        idx = s[:, None] + positions
+        with rt.autocast():
+            nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long())
+        mask = positions >= f[:, None]
+        sums += torch.stack([(nll.double() * mask).sum(), mask.sum().double(),
+                             (val.target_bytes[idx] * mask).sum().double()])
+        if log and (b + 1) % max(1, num_batches // 10) == 0:
+            nll_sum, _, byte_sum = sums.tolist()
+            log(f"sliding_eval: {100 * (b + 1) // num_batches}% windows:{min((b + 1) * batch, len(starts))}/"
+                f"{len(starts)} (rank 0) running_bpb:{nll_sum / math.log(2) / max(byte_sum, 1):.4f} "
+                f"elapsed:{time.perf_counter() - t0:.1f}s")
+    if rt.world_size > 1:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    nll_sum, count, byte_sum = sums.tolist()
+    return nll_sum / count, nll_sum / math.log(2) / byte_sum
+
+# ==================================== main ====================================
+
+
+def code_identity() -> tuple[bytes, str]:
+    code = Path(__file__).read_bytes()
+    return code, hashlib.sha256(code).hexdigest()
+
+
+def build_model(cfg: Config, rt: Runtime, attention) -> tuple[GPT, nn.Module]:
+    """The model on the device and the callable used for training/eval (compiled when on)."""
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg, attention).to(rt.device)
+    return model, torch.compile(model, dynamic=False) if cfg.compile == "1" else model
+
+
+def agree(rt: Runtime, error: str | None) -> None:
+    """Fail on every rank if any rank failed, so none is left waiting in a collective."""
+    failed = all_ranks_max(rt, [float(error is not None)])[0]
+    if error or failed:
+        raise ConfigError(error or "another process failed; see its message")
+
+
+def log_header(log: RunLog, cfg: Config, rt: Runtime | None, mode: str, code: tuple, attention: str, warnings) -> None:
+    log(f"train_gpt run_id:{cfg.run_id} mode:{mode}")
+    log(f"code sha256:{code[1]} bytes:{len(code[0])}")
+    log(f"versions python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
+        f"zstandard:{zstandard.__version__} sentencepiece:{spm.__version__}")
+    if rt is not None:
+        log(f"device type:{rt.device.type} name:{device_name(rt.device)} world_size:{rt.world_size} "
+            f"backend:{dist.get_backend() if dist.is_initialized() else 'none'} attention:{attention} "
+            f"compile:{cfg.compile} precision:{rt.autocast_dtype or torch.float32}")
+    log("config:")
+    for k, v in asdict(cfg).items():
+        log(f"  {k.upper()}={v}")
+    for w in warnings:
+        log(f"warning: {w}")
+
+
+def launch_command(settings: dict, world_size: int) -> str:
+    env = " ".join(f"{k}={v}" for k, v in settings.items())
+    runner = f"torchrun --standalone --nproc_per_node={world_size}" if "LOCAL_RANK" in os.environ else "python3"
+    return f"{env} {runner} train_gpt.py".strip()
+
+
+def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, code: tuple,
+                     summary: dict) -> int:
+    """Score the weights read back from the artifact on disk, report size, write the summary."""
+    model_config, state = read_artifact(cfg.artifact_path)
+    model.load_state_dict(state)
+    results = {}
+    for label, stride in (("roundtrip", cfg.eval_seq_len), ("sliding", cfg.eval_stride)):
+        if label == "sliding" and stride == cfg.eval_seq_len:
+            results[label] = results["roundtrip"]
+            continue
+        rt.sync()
+        t0 = time.perf_counter()
+        loss, bpb = evaluate(run_model, val, cfg, rt, stride, log if label == "sliding" else None)
+        rt.sync()
+        results[label] = (loss, bpb, time.perf_counter() - t0)
+    (r_loss, r_bpb, r_time), (s_loss, s_bpb, s_time) = results["roundtrip"], results["sliding"]
+    log(f"final_roundtrip_exact val_loss:{r_loss:.8f} val_bpb:{r_bpb:.8f} eval_time:{1000 * r_time:.0f}ms")
+    log(f"final_sliding_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f} stride:{cfg.eval_stride} "
+        f"eval_time:{1000 * s_time:.0f}ms")
+    if not val.full:
+        log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
+    artifact_bytes = os.path.getsize(cfg.artifact_path)
+    total = artifact_bytes + len(code[0])
+    over = total > SIZE_CAP_BYTES
+    log(f"final_size artifact_bytes:{artifact_bytes} code_bytes:{len(code[0])} total_bytes:{total} "
+        f"cap:{SIZE_CAP_BYTES} status:{'OVER_CAP' if over else 'ok'}")
+    if over:
+        log(f"error: total {total} bytes is {total - SIZE_CAP_BYTES} over the {SIZE_CAP_BYTES}-byte cap")
+    summary.update(
+        roundtrip_val_loss=r_loss, roundtrip_val_bpb=r_bpb, val_loss=s_loss, val_bpb=s_bpb,
+        eval_stride=cfg.eval_stride, eval_seq_len=cfg.eval_seq_len, val_tokens=val.num_targets, val_full=val.full,
+        eval_time_s=s_time, artifact_bytes=artifact_bytes, bytes_total=total, size_cap=SIZE_CAP_BYTES,
+        over_cap=over, artifact_path=str(cfg.artifact_path))
+    summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + sum(t for *_, t in set(results.values()))
+    log("summary_json: " + json.dumps(summary))
+    return 3 if over else 0
+
+
+def run(cfg: Config, warnings: list[str], log_box: list) -> int:
+    code, user_settings = code_identity(), non_default_settings(cfg)
+    if cfg.eval_only:
+        model_config, _ = read_artifact(cfg.artifact_path)
+        clash = [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in model_config.items()
+                 if k.upper() in os.environ and getattr(cfg, k) != v]
+        if clash:
+            raise ConfigError("the environment disagrees with the artifact's model; unset these:\n  " + "\n  ".join(clash))
+        cfg = replace(cfg, **model_config)
+    cfg.eval_seq_len = cfg.eval_seq_len or cfg.train_seq_len
+    if cfg.dry_run:
+        log_header(print, cfg, None, "dry_run", code, "n/a", warnings)
+        print(f"model params:{sum(p.numel() for p in GPT(cfg).parameters())}")
+        return 0
+    # Inputs are checked on every rank before any process group or model exists.
+    sp = load_tokenizer(cfg)
+    val_files = find_shards(cfg.data_path, "val")
+    train_files = [] if cfg.eval_only else find_shards(cfg.data_path, "train")
+    for f in train_files[1:]:
+        open_shard(f)
+    if train_files:
+        open_shard(train_files[0], cfg.vocab_size)
+    tables = byte_tables(sp, cfg.vocab_size)
+    rt = init_runtime(cfg)
+    cfg.compile = "1" if cfg.compile == "1" or (cfg.compile == "auto" and rt.device.type == "cuda") else "0"
+    cfg.run_id = broadcast_str(rt, cfg.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6])
+    cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
+    cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
+    attention_name, attention = select_attention(cfg.attn_backend, rt.device)
+    log_path = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt"
+    error = None
+    if not rt.is_main:
+        pass
+    elif log_path.exists() and not cfg.resume_from:
+        error = f"log {log_path} already exists: choose another RUN_ID (or RESUME_FROM to continue that run)"
+    elif not cfg.eval_only and Path(cfg.artifact_path).exists():
+        error = f"ARTIFACT_PATH={cfg.artifact_path} already exists: refusing to overwrite it; move it or choose another path"
+    else:
+        try:
+            for d in {log_path.parent, Path(cfg.artifact_path).parent}:
+                d.mkdir(parents=True, exist_ok=True)
+                if not os.access(d, os.W_OK):
+                    raise PermissionError(f"folder {d} is not writable")
+            log_box[0] = RunLog(log_path, append=bool(cfg.resume_from))
+        except OSError as e:
+            error = f"cannot write the log or artifact: {e}"
+    agree(rt, error)
+    log = log_box[0]
+    mode = "eval_only" if cfg.eval_only else "train"
+    log_header(log, cfg, rt, mode, code, attention_name, warnings)
+    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device)
+    if cfg.bpb_audit:
+        log(f"bpb_audit: byte table matches the decoded text of {audit_byte_tables(val.tokens.cpu().numpy(), sp, tables)} "
+            "validation documents")
+    log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
+    model, run_model = build_model(cfg, rt, attention)
+    log(f"model params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
+    summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
+                   config={k.upper(): v for k, v in asdict(cfg).items()}, non_default=user_settings,
+                   launch=launch_command(user_settings, rt.world_size), world_size=rt.world_size, device=rt.device.type,
+                   device_name=device_name(rt.device), python=platform.python_version(), torch=torch.__version__,
+                   hardware=(f"{rt.world_size}x {device_name(rt.device)}" if rt.device.type == "cuda"
+                             else f"{rt.world_size}x CPU process ({device_name(rt.device)})"),
+                   steps=0, step_avg_ms=0.0, train_time_s=0.0, stop_reason="none",
+                   prequant_val_loss=None, prequant_val_bpb=None)
+    if not cfg.eval_only:
+        figures = train(cfg, rt, log, model, run_model, train_files, val)
+        t0 = time.perf_counter()
+        pre_loss, pre_bpb = evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
+        pre_time = time.perf_counter() - t0
+        log(f"final_prequant_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f} eval_time:{1000 * pre_time:.0f}ms")
+        summary.update(steps=figures["steps"], step_avg_ms=figures["train_time_ms"] / max(figures["steps"], 1),
+                       train_time_s=figures["train_time_ms"] / 1000, stop_reason=figures["stop_reason"],
+                       prequant_val_loss=pre_loss, prequant_val_bpb=pre_bpb, total_eval_time_s=pre_time)
+        error = None
+        if rt.is_main:
+            try:
+                write_atomic(Path(cfg.artifact_path), pack_artifact(model.state_dict(), cfg))
+            except OSError as e:
+                error = f"cannot write ARTIFACT_PATH={cfg.artifact_path}: {e}"
+        agree(rt, error)
+        log(f"artifact: {cfg.artifact_path} written")
+    return final_evaluation(cfg, rt, log, model, run_model, val, code, summary)
+
+
+def main() -> int:
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    log_box = [RunLog(None)]
+    try:
+        cfg, warnings = config_from_env()
+        validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        return run(cfg, warnings, log_box)
+    except (ConfigError, DataError, ArtifactError, TrainingStopped) as e:
+        kind = {ConfigError: "configuration error", DataError: "data error", ArtifactError: "artifact error",
+                TrainingStopped: "training stopped"}[type(e)]
+        if is_main:
+            if log_box[0].file:
+                log_box[0].file.write(f"{kind}: {e}\n")
+            print(f"train_gpt.py: {kind}: {e}", file=sys.stderr, flush=True)
+        return 1 if isinstance(e, TrainingStopped) else 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
