@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import signal
 import struct
 import sys
@@ -339,7 +340,9 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
     if header[1] != SHARD_VERSION:
         raise DataError(f"{path}: shard version {header[1]} is not supported (expected {SHARD_VERSION})")
     count = int(header[2])
-    if count <= 0 or size != SHARD_HEADER_BYTES + 2 * count:
+    if count <= 0:
+        raise DataError(f"{path}: the header declares {count} tokens: an empty shard; rebuild or re-download it")
+    if size != SHARD_HEADER_BYTES + 2 * count:
         raise DataError(f"{path}: header declares {count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes) but the "
                         f"file has {size} bytes: truncated or corrupted, re-download or rebuild it")
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(count,))
@@ -1010,6 +1013,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
                 raise SystemExit(143)
     if pending is not None:
         check_finite(*pending)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     rt.sync()
     if swa.count:
         model.load_state_dict(swa.average())
@@ -1204,7 +1208,7 @@ def log_header(log: RunLog, cfg: Config, rt: Runtime | None, mode: str, code: tu
 
 
 def launch_command(settings: dict, world_size: int) -> str:
-    env = " ".join(f"{k}={v}" for k, v in settings.items())
+    env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in settings.items())
     runner = f"torchrun --standalone --nproc_per_node={world_size}" if "LOCAL_RANK" in os.environ else "python3"
     return f"{env} {runner} train_gpt.py".strip()
 
@@ -1247,6 +1251,29 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     return 3 if over else 0
 
 
+def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
+    """Open logs/<RUN_ID>.txt on rank 0, refusing to overwrite an earlier run's log or artifact."""
+    path = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt"
+    error, log = None, RunLog(None)
+    if not rt.is_main:
+        pass
+    elif path.exists() and not cfg.resume_from:
+        error = f"log {path} already exists: choose another RUN_ID (or RESUME_FROM to continue that run)"
+    elif not cfg.eval_only and Path(cfg.artifact_path).exists():
+        error = f"ARTIFACT_PATH={cfg.artifact_path} already exists: refusing to overwrite it; move it or choose another path"
+    else:
+        try:
+            for folder in {path.parent, Path(cfg.artifact_path).parent}:
+                folder.mkdir(parents=True, exist_ok=True)
+                if not os.access(folder, os.W_OK):
+                    raise PermissionError(f"folder {folder} is not writable")
+            log = RunLog(path, append=bool(cfg.resume_from))
+        except OSError as e:
+            error = f"cannot write the log or artifact: {e}"
+    agree(rt, error)
+    return log
+
+
 def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     code, user_settings = code_identity(), non_default_settings(cfg)
     if cfg.eval_only:
@@ -1276,31 +1303,13 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
     attention_name, attention = select_attention(cfg.attn_backend, rt.device)
-    log_path = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt"
-    error = None
-    if not rt.is_main:
-        pass
-    elif log_path.exists() and not cfg.resume_from:
-        error = f"log {log_path} already exists: choose another RUN_ID (or RESUME_FROM to continue that run)"
-    elif not cfg.eval_only and Path(cfg.artifact_path).exists():
-        error = f"ARTIFACT_PATH={cfg.artifact_path} already exists: refusing to overwrite it; move it or choose another path"
-    else:
-        try:
-            for d in {log_path.parent, Path(cfg.artifact_path).parent}:
-                d.mkdir(parents=True, exist_ok=True)
-                if not os.access(d, os.W_OK):
-                    raise PermissionError(f"folder {d} is not writable")
-            log_box[0] = RunLog(log_path, append=bool(cfg.resume_from))
-        except OSError as e:
-            error = f"cannot write the log or artifact: {e}"
-    agree(rt, error)
-    log = log_box[0]
+    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device)
+    audited = audit_byte_tables(val.tokens.cpu().numpy(), sp, tables) if cfg.bpb_audit else 0
+    log_box[0] = log = open_run_log(cfg, rt)
     mode = "eval_only" if cfg.eval_only else "train"
     log_header(log, cfg, rt, mode, code, attention_name, warnings)
-    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device)
-    if cfg.bpb_audit:
-        log(f"bpb_audit: byte table matches the decoded text of {audit_byte_tables(val.tokens.cpu().numpy(), sp, tables)} "
-            "validation documents")
+    if audited:
+        log(f"bpb_audit: byte table matches the decoded text of {audited} validation documents")
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
     model, run_model = build_model(cfg, rt, attention)
     log(f"model params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
@@ -1329,7 +1338,10 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
                 error = f"cannot write ARTIFACT_PATH={cfg.artifact_path}: {e}"
         agree(rt, error)
         log(f"artifact: {cfg.artifact_path} written")
-    return final_evaluation(cfg, rt, log, model, run_model, val, code, summary)
+    status = final_evaluation(cfg, rt, log, model, run_model, val, code, summary)
+    if rt.world_size > 1:
+        dist.barrier()  # every rank is done with the process group before any tears it down
+    return status
 
 
 def main() -> int:

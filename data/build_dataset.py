@@ -1,0 +1,535 @@
+#!/usr/bin/env python3
+"""Build a dataset in the challenge's shard format from local text, with no download.
+
+    python3 data/build_dataset.py                          # built-in corpus -> datasets/sample_sp1024
+    python3 data/build_dataset.py notes.txt web.jsonl --vocab-size 512 --name mytext_sp512
+    python3 data/build_dataset.py --verify data/datasets/fineweb10B_sp1024
+
+Sources are .txt files (one document per file, or per paragraph with --split-paragraphs)
+and .jsonl files with a "text" field per line. With no sources the documentation topics
+bundled with CPython (pydoc_data.topics) are used, one document per paragraph.
+The first documents form the validation split. A SentencePiece BPE tokenizer is trained
+on the train split with the challenge's settings (or reused with --tokenizer), and every
+document is written as BOS + its tokens into fineweb_{val,train}_NNNNNN.bin shards, next
+to a manifest.json with counts and sha256 of every file. Same inputs, same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAGIC = 20240520
+VERSION = 1
+MAX_VOCAB = 1 << 16  # token ids are stored as uint16
+DEFAULT_VOCAB = 1024
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_SHARD_TOKENS = 100_000_000
+ENCODE_BATCH_DOCS = 512
+PROGRESS_EVERY_S = 2.0
+SCRIPT_DIR = Path(__file__).resolve().parent
+# The challenge's tokenizer settings; one thread keeps training deterministic.
+TRAINER_SETTINGS = dict(
+    model_type="bpe", character_coverage=0.999, byte_fallback=True, split_digits=True,
+    normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2,
+    unk_id=3, hard_vocab_limit=False, num_threads=1,
+)
+
+
+class UserError(Exception):
+    """A problem the user can fix: reported as one line, without a traceback."""
+
+
+# ---------------------------------------------------------------- sources
+
+def paragraphs(text: str) -> list[str]:
+    """Split on blank lines; strip each part and drop empty ones."""
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def source_documents(source: str | None, split: bool, digest=None):
+    """Yield the documents of one source (None = built-in corpus), feeding its raw bytes to digest."""
+    if source is None:
+        try:
+            from pydoc_data.topics import topics
+        except ImportError:
+            raise UserError("this Python has no pydoc_data module; pass .txt or .jsonl files instead")
+        for key in sorted(topics):
+            if digest:
+                digest.update(topics[key].encode())
+            yield from paragraphs(topics[key])
+    elif source.endswith(".jsonl"):
+        with open(source, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if digest:
+                    digest.update(line)
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    text = None
+                if not isinstance(text, str):
+                    raise UserError(f'{source}:{lineno}: expected a JSON object with a string "text" field')
+                if text.strip():
+                    yield text
+    else:
+        raw = Path(source).read_bytes()
+        if digest:
+            digest.update(raw)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{source}: not UTF-8 text ({e})")
+        if split:
+            yield from paragraphs(text)
+        elif text.strip():
+            yield text
+
+
+def all_documents(sources: list[str], split: bool):
+    """Yield the documents of every source in order (the built-in corpus when sources is empty)."""
+    for source in sources or [None]:
+        yield from source_documents(source, split)
+
+
+def scan_sources(sources: list[str], split: bool) -> tuple[int, list[dict]]:
+    """Check every source parses; return the document count and each source's path and sha256."""
+    total, described = 0, []
+    for source in sources or [None]:
+        digest = hashlib.sha256()
+        total += sum(1 for _ in source_documents(source, split, digest))
+        described.append({"path": source or "pydoc_data.topics", "sha256": digest.hexdigest()})
+    return total, described
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def train_tokenizer(documents, vocab_size: int) -> bytes:
+    """Train the challenge's SentencePiece BPE on documents (fed line by line); return the model bytes."""
+    sentences = (line for doc in documents for line in doc.splitlines() if line.strip())
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=sentences, model_writer=model,
+                                       vocab_size=vocab_size, minloglevel=2, **TRAINER_SETTINGS)
+    except RuntimeError as e:
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if needed:
+            raise UserError(f"--vocab-size {vocab_size} is too small for this text: it needs at least "
+                            f"{needed[1]} (4 special ids, 256 byte pieces and its characters)")
+        raise UserError(f"SentencePiece could not train a tokenizer on this text: {e}")
+    reached = spm.SentencePieceProcessor(model_proto=model.getvalue()).vocab_size()
+    if reached < vocab_size:
+        raise UserError(f"--vocab-size {vocab_size} cannot be reached on this text: SentencePiece stopped "
+                        f"at {reached} pieces; use --vocab-size {reached} or less, or give more text")
+    return model.getvalue()
+
+
+def vocab_text(sp: spm.SentencePieceProcessor) -> str:
+    """The .vocab companion of a model: one 'piece<TAB>score' line per id."""
+    return "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+
+
+def tokenizer_file_stem(name: str, vocab_size: int) -> str:
+    """Trained tokenizer name for dataset `name`: sample_sp1024 -> sample_1024_bpe."""
+    base = name.removesuffix(f"_sp{vocab_size}")
+    return f"{base}_{vocab_size}_bpe"
+
+
+# ---------------------------------------------------------------- shards
+
+def write_atomic(path: Path, data: bytes) -> str:
+    """Write data under a temporary name in path's folder, then rename; return its sha256."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return hashlib.sha256(data).hexdigest()
+
+
+def shard_bytes(tokens: np.ndarray) -> bytes:
+    """Header (256 little-endian int32: magic, version, count) followed by uint16 LE tokens."""
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MAGIC, VERSION, len(tokens))
+    return header.tobytes() + tokens.astype("<u2", copy=False).tobytes()
+
+
+class ShardWriter:
+    """Cuts one split's token stream into fineweb_<split>_NNNNNN.bin files of shard_tokens tokens."""
+
+    def __init__(self, folder: Path, split: str, shard_tokens: int):
+        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+        self.chunks: list[np.ndarray] = []
+        self.pending = 0
+        self.files: dict[str, dict] = {}
+
+    def add(self, tokens: np.ndarray) -> None:
+        self.chunks.append(tokens)
+        self.pending += len(tokens)
+        while self.pending >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def close(self) -> None:
+        if self.pending:
+            self._flush(self.pending)
+
+    def _flush(self, count: int) -> None:
+        stream = np.concatenate(self.chunks)
+        self.chunks, self.pending = [stream[count:]], len(stream) - count
+        name = f"fineweb_{self.split}_{len(self.files):06d}.bin"
+        self.files[name] = {"tokens": count, "sha256": write_atomic(self.folder / name, shard_bytes(stream[:count]))}
+
+
+class Progress:
+    """Prints documents/s and tokens written to stderr every few seconds (silent on short inputs)."""
+
+    def __init__(self):
+        self.start = self.last = time.monotonic()
+        self.docs = self.tokens = 0
+
+    def update(self, docs: int, tokens: int) -> None:
+        self.docs += docs
+        self.tokens += tokens
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            print(f"  {self.docs:,} docs ({self.docs / (now - self.start):,.0f} docs/s), "
+                  f"{self.tokens:,} tokens written", file=sys.stderr, flush=True)
+
+
+def encode_split(sp, documents, writer: ShardWriter, progress: Progress) -> int:
+    """Write BOS + tokens of every document; return the number of documents."""
+    bos, count = sp.bos_id(), 0
+    while batch := list(itertools.islice(documents, ENCODE_BATCH_DOCS)):
+        stream: list[int] = []
+        for ids in sp.encode(batch):
+            stream.append(bos)
+            stream.extend(ids)
+        writer.add(np.array(stream, dtype=np.uint16))
+        progress.update(len(batch), len(stream))
+        count += len(batch)
+    writer.close()
+    return count
+
+
+# ---------------------------------------------------------------- build
+
+def shown(path: Path) -> str:
+    """path relative to the working directory when inside it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_destination(folder: Path, build: dict, overwrite: bool) -> None:
+    """Refuse to replace a folder holding a different dataset unless --overwrite."""
+    if overwrite or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder; remove it or choose another --name")
+    if not any(folder.iterdir()):
+        return
+    old = read_json(folder / "manifest.json")
+    old = old.get("build") if isinstance(old, dict) else None
+    if old == build:
+        return
+    if isinstance(old, dict):
+        differs = ", ".join(sorted(k for k in build.keys() | old.keys() if build.get(k) != old.get(k)))
+        what = f"a different dataset (differs in: {differs})"
+    else:
+        what = "files this script did not build"
+    raise UserError(f"{folder} already holds {what}; pass --overwrite to replace it or --name to build elsewhere")
+
+
+def resolve_val_docs(args, total: int) -> int:
+    if total == 0:
+        raise UserError("the input holds no documents (all sources are empty); give non-empty .txt/.jsonl files")
+    n_val = args.val_docs if args.val_docs is not None else max(1, int(total * args.val_fraction))
+    if n_val >= total:
+        raise UserError(f"{n_val} validation documents leave none for training (the input has {total}); "
+                        f"lower --val-docs/--val-fraction or give more text")
+    return n_val
+
+
+def load_tokenizer(path: str, vocab_size: int | None) -> bytes:
+    """The bytes of a reusable SentencePiece model given with --tokenizer."""
+    model = Path(path).read_bytes()
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=model)
+    except RuntimeError:
+        raise UserError(f"--tokenizer {path} is not a SentencePiece .model file")
+    if vocab_size is not None and vocab_size != sp.vocab_size():
+        raise UserError(f"--vocab-size {vocab_size} does not match {path} ({sp.vocab_size()} pieces); "
+                        f"drop --vocab-size")
+    if sp.bos_id() < 0:
+        raise UserError(f"--tokenizer {path} has no BOS piece; every document must start with BOS")
+    return model
+
+
+def write_shards(folder: Path, sp, documents, n_val: int, shard_tokens: int) -> tuple[dict, dict]:
+    """Encode the first n_val documents into val shards and the rest into train shards; return (splits, files)."""
+    progress = Progress()
+    splits, files = {}, {}
+    for split, n_docs in (("val", n_val), ("train", None)):
+        writer = ShardWriter(folder, split, shard_tokens)
+        written = encode_split(sp, itertools.islice(documents, n_docs), writer, progress)
+        splits[split] = {"docs": written, "tokens": sum(f["tokens"] for f in writer.files.values()),
+                         "files": sorted(writer.files)}
+        files.update(writer.files)
+    return splits, files
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Put the complete folder `new` in place of `final` (old contents are never mixed with new)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old)
+    else:
+        new.rename(final)
+
+
+def build(args) -> None:
+    started = time.monotonic()
+    total, sources = scan_sources(args.sources, args.split_paragraphs)
+    n_val = resolve_val_docs(args, total)
+    if args.tokenizer:
+        model = load_tokenizer(args.tokenizer, args.vocab_size)
+        vocab_size = spm.SentencePieceProcessor(model_proto=model).vocab_size()
+        tokenizer_source = {"path": args.tokenizer, "sha256": hashlib.sha256(model).hexdigest()}
+    else:
+        vocab_size, tokenizer_source = args.vocab_size or DEFAULT_VOCAB, "trained"
+    if vocab_size > MAX_VOCAB:
+        raise UserError(f"vocab size {vocab_size} gives token ids that do not fit uint16 shards (max {MAX_VOCAB})")
+
+    name = args.name or f"{'custom' if args.sources else 'sample'}_sp{vocab_size}"
+    root = Path(args.output_root)
+    final = root / "datasets" / name
+    build_params = {"sources": sources, "split_paragraphs": args.split_paragraphs, "val_docs": n_val,
+                    "shard_tokens": args.shard_tokens, "vocab_size": vocab_size, "tokenizer": tokenizer_source}
+    check_destination(final, build_params, args.overwrite)
+
+    if args.tokenizer:
+        model_path = Path(args.tokenizer)
+    else:
+        print(f"training a {vocab_size}-piece tokenizer on {total - n_val:,} train documents", file=sys.stderr)
+        model = train_tokenizer(itertools.islice(all_documents(args.sources, args.split_paragraphs), n_val, None),
+                                vocab_size)
+        model_path = root / "tokenizers" / f"{tokenizer_file_stem(name, vocab_size)}.model"
+        if model_path.exists() and model_path.read_bytes() != model and not args.overwrite:
+            raise UserError(f"{model_path} already holds a different tokenizer; pass --overwrite to replace it "
+                            f"or --name to build elsewhere")
+    sp = spm.SentencePieceProcessor(model_proto=model)
+
+    partial = final.with_name(f".{name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        splits, files = write_shards(partial, sp, all_documents(args.sources, args.split_paragraphs),
+                                     n_val, args.shard_tokens)
+        manifest = {
+            "format": {"header_int32": HEADER_INTS, "magic": MAGIC, "version": VERSION,
+                       "dtype": "uint16", "bos_id": sp.bos_id(), "layout": "BOS + tokens per document"},
+            "name": name,
+            "build": build_params,
+            "tokenizer": {"model_path": os.path.relpath(model_path, final), "vocab_size": vocab_size,
+                          "sha256": hashlib.sha256(model).hexdigest()},
+            "splits": splits,
+            "files": files,
+        }
+        write_atomic(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        if not args.tokenizer:
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(model_path, model)
+            write_atomic(model_path.with_suffix(".vocab"), vocab_text(sp).encode())
+        replace_folder(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+    print(f"built {shown(final)} in {time.monotonic() - started:.1f}s")
+    for split, info in splits.items():
+        print(f"  {split:5s} {info['docs']:>9,} docs {info['tokens']:>13,} tokens  {len(info['files'])} shard(s)")
+    print(f"  tokenizer {shown(model_path)} ({vocab_size} pieces, {'reused' if args.tokenizer else 'trained'})")
+    print(f"DATA_PATH={shown(final)} TOKENIZER_PATH={shown(model_path)} VOCAB_SIZE={vocab_size}")
+
+
+# ---------------------------------------------------------------- verify
+
+def official_entry(folder: Path) -> tuple[dict | None, int | None]:
+    """The dataset entry and tokenizer vocab size for folder in a downloaded data/manifest.json."""
+    top = read_json(folder.parent.parent / "manifest.json")
+    if not isinstance(top, dict):
+        return None, None
+    entry = next((d for d in top.get("datasets", []) if d.get("name") == folder.name), None)
+    if entry is None:
+        return None, None
+    tok = next((t for t in top.get("tokenizers", []) if t.get("name") == entry.get("tokenizer_name")), {})
+    return entry, tok.get("vocab_size")
+
+
+def verify(folder: Path, vocab_size: int | None) -> tuple[list[str], str]:
+    """Check every shard in folder against its header, the vocab and any manifest; return (problems, summary)."""
+    manifest = read_json(folder / "manifest.json")
+    manifest = manifest if isinstance(manifest, dict) and "files" in manifest else None
+    official, official_vocab = (None, None) if manifest else official_entry(folder)
+    bound = vocab_size or (manifest["tokenizer"]["vocab_size"] if manifest else official_vocab)
+    listed = manifest["files"] if manifest else {}
+    bos_id = manifest["format"]["bos_id"] if manifest else None
+    problems: list[str] = []
+    shards = {"val": 0, "train": 0}
+    tokens = {"val": 0, "train": 0}
+    docs = {"val": 0, "train": 0}
+    paths = sorted(folder.glob("fineweb_*.bin"))
+    if not paths:
+        problems.append(f"{folder}: no fineweb_*.bin shards")
+    for path in paths:
+        name = path.name
+        split = re.fullmatch(r"fineweb_(val|train)_\d{6}\.bin", name)
+        if not split:
+            problems.append(f"{name}: not a fineweb_{{val,train}}_NNNNNN.bin name")
+            continue
+        data = path.read_bytes()
+        if len(data) < HEADER_BYTES:
+            problems.append(f"{name}: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header")
+            continue
+        magic, version, count = (int(v) for v in np.frombuffer(data, dtype="<i4", count=3))
+        if magic != MAGIC or version != VERSION:
+            problems.append(f"{name}: header magic/version {magic}/{version}, expected {MAGIC}/{VERSION}")
+            continue
+        if len(data) != HEADER_BYTES + 2 * count:
+            problems.append(f"{name}: header says {count} tokens ({HEADER_BYTES + 2 * count} bytes) "
+                            f"but the file has {len(data)} bytes (truncated or corrupt)")
+            continue
+        ids = np.frombuffer(data, dtype="<u2", offset=HEADER_BYTES)
+        if bound and count and int(ids.max()) >= bound:
+            problems.append(f"{name}: token id {int(ids.max())} >= vocab size {bound}")
+        shards[split[1]] += 1
+        tokens[split[1]] += count
+        if manifest:
+            docs[split[1]] += int(np.count_nonzero(ids == bos_id))
+            entry = listed.get(name)
+            if entry is None:
+                problems.append(f"{name}: not listed in manifest.json")
+            elif entry != {"tokens": count, "sha256": hashlib.sha256(data).hexdigest()}:
+                problems.append(f"{name}: token count or sha256 differs from manifest.json")
+    if manifest:
+        problems += [f"{name}: listed in manifest.json but missing" for name in listed if not (folder / name).exists()]
+        for split, info in manifest["splits"].items():
+            if tokens[split] != info["tokens"] or docs[split] != info["docs"]:
+                problems.append(f"{split} split: {tokens[split]} tokens / {docs[split]} BOS found, manifest.json "
+                                f"says {info['tokens']} tokens / {info['docs']} documents")
+        against = "manifest.json (sha256, counts)"
+    elif official:
+        stats = official.get("stats", {})
+        if shards["val"] != stats.get("files_val") or tokens["val"] != stats.get("tokens_val"):
+            problems.append(f"val split: {shards['val']} shards / {tokens['val']} tokens found, data/manifest.json "
+                            f"says {stats.get('files_val')} shards / {stats.get('tokens_val')} tokens")
+        if shards["train"] > stats.get("files_train", 0):
+            problems.append(f"train split: {shards['train']} shards found, more than the "
+                            f"{stats.get('files_train')} of data/manifest.json")
+        against = "data/manifest.json stats"
+    else:
+        against = "no manifest (headers only)"
+    summary = (f"OK {folder}: val {tokens['val']:,} tokens in {shards['val']} shard(s), train {tokens['train']:,} "
+               f"tokens in {shards['train']} shard(s); ids < {bound or '? (vocab unknown)'}; checked against {against}")
+    return problems, summary
+
+
+def verify_command(folder: Path, vocab_size: int | None) -> int:
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass a dataset folder such as data/datasets/sample_sp1024")
+    problems, summary = verify(folder, vocab_size)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s) in {folder}")
+        return 1
+    print(summary)
+    return 0
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help=".txt or .jsonl files (default: the pydoc_data.topics corpus bundled with Python)")
+    p.add_argument("--vocab-size", type=int, metavar="V",
+                   help=f"size of the tokenizer to train (default {DEFAULT_VOCAB}); with --verify: the id bound")
+    p.add_argument("--tokenizer", metavar="MODEL", help="reuse this SentencePiece .model instead of training one")
+    p.add_argument("--name", help="dataset folder name (default sample_sp<V>, or custom_sp<V> when SOURCEs are given)")
+    p.add_argument("--output-root", default=str(SCRIPT_DIR), metavar="DIR",
+                   help="writes DIR/datasets/<name>/ and DIR/tokenizers/ (default: this script's folder)")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-docs", type=int, metavar="N", help="the first N documents form the validation split")
+    val.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
+                     help=f"the first F of the documents form the validation split (default {DEFAULT_VAL_FRACTION})")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help=f"tokens per shard file (default {DEFAULT_SHARD_TOKENS:_})")
+    p.add_argument("--split-paragraphs", action="store_true",
+                   help=".txt files: one document per blank-line-separated paragraph (default: one per file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output folder holding a different dataset")
+    p.add_argument("--verify", metavar="DIR",
+                   help="check a dataset folder (headers, token ids, manifest sha256 and counts) and exit")
+    args = p.parse_args(argv)
+    if args.verify and args.sources:
+        p.error("--verify takes no SOURCE arguments")
+    for source in args.sources:
+        if not source.endswith((".txt", ".jsonl")):
+            p.error(f"source {source}: only .txt and .jsonl files are supported")
+        if not Path(source).is_file():
+            p.error(f"source {source} does not exist")
+    if args.name is not None and (Path(args.name).name != args.name or args.name in ("", ".", "..")):
+        p.error(f"--name {args.name!r} must be a plain folder name")
+    if args.tokenizer and not Path(args.tokenizer).is_file():
+        p.error(f"--tokenizer {args.tokenizer} does not exist")
+    if args.vocab_size is not None and args.vocab_size < 1:
+        p.error("--vocab-size must be positive")
+    if args.val_docs is not None and args.val_docs < 1:
+        p.error("--val-docs must be at least 1")
+    if not 0 < args.val_fraction < 1:
+        p.error("--val-fraction must be between 0 and 1")
+    if not 1 <= args.shard_tokens < 2**31:
+        p.error("--shard-tokens must be between 1 and 2**31-1 (the header count is an int32)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.verify:
+            return verify_command(Path(args.verify), args.vocab_size)
+        build(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

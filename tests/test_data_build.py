@@ -1,0 +1,441 @@
+"""Offline dataset builder and verifier (data/build_dataset.py)."""
+import hashlib
+import importlib.util
+import json
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "data" / "build_dataset.py"
+spec = importlib.util.spec_from_file_location("build_dataset", SCRIPT)
+bd = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bd)
+
+VOCAB = 384
+VAL_DOCS = 12
+SHARD_TOKENS = 1000
+WORDS = ("the quick brown fox jumps over a lazy dog while model tokens stream into shards of "
+         "training data; golf parameter byte piece window value café naïve Ｆｕｌｌ ① 2024 3.14 x=42").split()
+LITERAL_DOC = "Hello   world\n\nＦｕｌｌ ①\tend  "
+
+
+def make_docs(n=160, seed=0):
+    rng = random.Random(seed)
+    docs = [LITERAL_DOC]
+    for i in range(n - 1):
+        paras = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))) for _ in range(rng.randint(1, 3))]
+        docs.append(("\n\n" if i % 2 else "\n").join(paras) + ("  \n" if i % 3 else ""))
+    return docs
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    return path
+
+
+def build(*args):
+    return bd.main([str(a) for a in args])
+
+
+def read_shard(path):
+    raw = path.read_bytes()
+    magic, version, count = struct.unpack_from("<3i", raw)
+    assert (magic, version) == (20240520, 1)
+    return list(struct.unpack_from(f"<{count}H", raw, 1024))
+
+
+def split_stream(folder, split):
+    return [t for f in sorted(folder.glob(f"fineweb_{split}_*.bin")) for t in read_shard(f)]
+
+
+def documents_of(stream):
+    """Token lists between BOS markers."""
+    assert stream[0] == 1
+    docs = []
+    for t in stream:
+        if t == 1:
+            docs.append([])
+        else:
+            docs[-1].append(t)
+    return docs
+
+
+def snapshot(*folders):
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    docs = make_docs()
+    return docs, write_jsonl(tmp_path_factory.mktemp("src") / "docs.jsonl", docs)
+
+
+@pytest.fixture(scope="session")
+def built(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("out")
+    assert build(corpus[1], "--output-root", root, "--vocab-size", VOCAB, "--val-docs", VAL_DOCS,
+                 "--shard-tokens", SHARD_TOKENS, "--name", "tiny_sp384") == 0
+    folder = root / "datasets" / "tiny_sp384"
+    return root, folder, json.loads((folder / "manifest.json").read_text())
+
+
+def test_writes_expected_files(built):
+    root, folder, manifest = built
+    assert (root / "tokenizers" / "tiny_384_bpe.model").is_file()
+    assert (root / "tokenizers" / "tiny_384_bpe.vocab").read_text().splitlines()[:4] == [
+        "<pad>\t0", "<s>\t0", "</s>\t0", "<unk>\t0"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(manifest["files"]) + ["manifest.json"]
+    assert manifest["splits"]["val"]["files"] == ["fineweb_val_000000.bin"]
+    train = manifest["splits"]["train"]["files"]
+    assert len(train) > 3 and train == [f"fineweb_train_{i:06d}.bin" for i in range(len(train))]
+    assert not list(root.rglob(".*")), "temporary files left behind"
+
+
+def test_header_and_layout_byte_by_byte(built):
+    _, folder, manifest = built
+    for name, info in manifest["files"].items():
+        raw = (folder / name).read_bytes()
+        n = info["tokens"]
+        assert raw[:4] == b"\x88\xd8\x34\x01"  # 20240520 little-endian
+        assert raw[4:8] == b"\x01\x00\x00\x00"
+        assert raw[8:12] == n.to_bytes(4, "little")
+        assert raw[12:1024] == bytes(1012)
+        assert len(raw) == 1024 + 2 * n
+    first = (folder / "fineweb_val_000000.bin").read_bytes()
+    assert first[1024:1026] == b"\x01\x00"  # the stream opens with BOS as uint16 LE
+
+
+def test_shards_hold_shard_tokens_and_docs_span_them(built):
+    _, folder, manifest = built
+    train = manifest["splits"]["train"]["files"]
+    counts = [manifest["files"][f]["tokens"] for f in train]
+    assert counts[:-1] == [SHARD_TOKENS] * (len(counts) - 1) and 0 < counts[-1] <= SHARD_TOKENS
+    assert sum(counts) == manifest["splits"]["train"]["tokens"]
+    assert any(read_shard(folder / f)[0] != 1 for f in train[1:]), "expected a document spanning two shards"
+
+
+def test_bos_before_every_document_and_nowhere_else(built, corpus):
+    _, folder, manifest = built
+    for split, n_docs in (("val", VAL_DOCS), ("train", len(corpus[0]) - VAL_DOCS)):
+        stream = split_stream(folder, split)
+        assert stream[0] == 1 and stream[-1] != 1
+        assert stream.count(1) == n_docs == manifest["splits"][split]["docs"]
+        assert all(documents_of(stream)), "a document with no tokens"
+        assert len(stream) == manifest["splits"][split]["tokens"]
+
+
+def test_decoding_each_document_gives_its_normalised_text(built, corpus):
+    root, folder, _ = built
+    sp = spm.SentencePieceProcessor(model_file=str(root / "tokenizers" / "tiny_384_bpe.model"))
+    decoded = [sp.decode(d) for split in ("val", "train") for d in documents_of(split_stream(folder, split))]
+    assert len(decoded) == len(corpus[0])
+    for text, got in zip(corpus[0], decoded):
+        # normalize() runs only the model's normaliser (no pieces), so this is an independent check
+        assert got == sp.normalize(text).replace("\u2581", " ")
+    assert decoded[0] == "Hello world Full 1 end"  # NFKC, whitespace collapsed, first doc is in val
+
+
+def test_manifest_counts_hashes_and_tokenizer(built, corpus):
+    root, folder, manifest = built
+    for name, info in manifest["files"].items():
+        assert info["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    model = (folder / manifest["tokenizer"]["model_path"]).resolve()
+    assert model == (root / "tokenizers" / "tiny_384_bpe.model").resolve()
+    assert manifest["tokenizer"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert manifest["tokenizer"]["vocab_size"] == VOCAB == sp.vocab_size()
+    assert manifest["build"]["sources"] == [{"path": str(corpus[1]),
+                                             "sha256": hashlib.sha256(corpus[1].read_bytes()).hexdigest()}]
+    assert manifest["format"]["bos_id"] == 1
+    assert manifest["splits"]["val"]["docs"] + manifest["splits"]["train"]["docs"] == len(corpus[0])
+
+
+def test_trained_tokenizer_has_challenge_settings(built):
+    sp = spm.SentencePieceProcessor(model_file=str(built[0] / "tokenizers" / "tiny_384_bpe.model"))
+    assert [sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id()] == [0, 1, 2, 3]
+    assert sp.id_to_piece(4) == "<0x00>" and sp.is_byte(4)  # byte fallback pieces follow the specials
+    assert sp.encode("2024") == [sp.piece_to_id(c) for c in "2024"]  # split_digits
+    assert not sp.id_to_piece(sp.encode("fox")[0]).startswith("\u2581")  # no dummy prefix
+    assert sp.id_to_piece(sp.encode("a fox")[1]).startswith("\u2581")
+
+
+def test_same_inputs_give_byte_identical_outputs(built, corpus, tmp_path):
+    root, folder, _ = built
+    assert build(corpus[1], "--output-root", tmp_path, "--vocab-size", VOCAB, "--val-docs", VAL_DOCS,
+                 "--shard-tokens", SHARD_TOKENS, "--name", "tiny_sp384") == 0
+    assert snapshot(tmp_path) == snapshot(root)
+    # rebuilding the same dataset in place needs no --overwrite and changes nothing
+    assert build(corpus[1], "--output-root", tmp_path, "--vocab-size", VOCAB, "--val-docs", VAL_DOCS,
+                 "--shard-tokens", SHARD_TOKENS, "--name", "tiny_sp384") == 0
+    assert snapshot(tmp_path) == snapshot(root)
+
+
+def test_reusing_a_tokenizer_gives_the_same_shards(built, corpus, tmp_path):
+    root, folder, manifest = built
+    model = root / "tokenizers" / "tiny_384_bpe.model"
+    assert build(corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--val-docs", VAL_DOCS,
+                 "--shard-tokens", SHARD_TOKENS, "--name", "reuse") == 0
+    out = tmp_path / "datasets" / "reuse"
+    reused = json.loads((out / "manifest.json").read_text())
+    assert reused["files"] == manifest["files"]
+    assert reused["build"]["tokenizer"] == {"path": str(model), "sha256": manifest["tokenizer"]["sha256"]}
+    assert (out / reused["tokenizer"]["model_path"]).resolve() == model.resolve()
+    assert not (tmp_path / "tokenizers").exists()
+
+
+def test_txt_sources_one_document_per_file_or_per_paragraph(built, tmp_path):
+    model = built[0] / "tokenizers" / "tiny_384_bpe.model"
+    a = tmp_path / "a.txt"
+    a.write_text("first paragraph of a\n\n\nsecond of a\n  \nthird of a\n", encoding="utf-8")
+    b = tmp_path / "b.txt"
+    b.write_text("only paragraph of b", encoding="utf-8")
+    common = ["--output-root", tmp_path / "out", "--tokenizer", model, "--val-docs", 1]
+    assert build(a, b, *common, "--name", "files") == 0
+    assert build(a, b, *common, "--name", "paras", "--split-paragraphs") == 0
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+
+    def texts(name):
+        folder = tmp_path / "out" / "datasets" / name
+        return [sp.decode(d) for s in ("val", "train") for d in documents_of(split_stream(folder, s))]
+
+    assert texts("files") == ["first paragraph of a second of a third of a", "only paragraph of b"]
+    assert texts("paras") == ["first paragraph of a", "second of a", "third of a", "only paragraph of b"]
+
+
+def test_no_arguments_builds_the_pydoc_sample(tmp_path, capsys, monkeypatch):
+    from pydoc_data.topics import topics
+    monkeypatch.chdir(tmp_path)
+    n_docs = sum(len(bd.paragraphs(topics[k])) for k in topics)
+    assert 2000 < n_docs < 4000
+    assert build("--output-root", tmp_path) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "datasets" / "sample_sp1024"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["docs"] == n_docs // 10
+    assert manifest["splits"]["train"]["docs"] == n_docs - n_docs // 10
+    assert manifest["tokenizer"]["vocab_size"] == 1024
+    assert (tmp_path / "tokenizers" / "sample_1024_bpe.model").is_file()
+    assert (tmp_path / "tokenizers" / "sample_1024_bpe.vocab").is_file()
+    assert ("DATA_PATH=datasets/sample_sp1024 TOKENIZER_PATH=tokenizers/sample_1024_bpe.model VOCAB_SIZE=1024"
+            in out.splitlines())
+    assert bd.main(["--verify", str(folder)]) == 0
+
+
+# ---------------------------------------------------------------- refusals
+
+def refused(capsys, *args):
+    """Run a build that must be refused; return its one-line message."""
+    assert build(*args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    return lines[-1]
+
+
+def test_refuses_empty_input(tmp_path, capsys):
+    empty_txt = tmp_path / "empty.txt"
+    empty_txt.write_text("  \n\n")
+    blank_jsonl = write_jsonl(tmp_path / "blank.jsonl", ["", "   \n"])
+    err = refused(capsys, empty_txt, blank_jsonl, "--output-root", tmp_path / "out")
+    assert "holds no documents" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_vocab_the_text_cannot_reach(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "small.jsonl", make_docs(20))
+    err = refused(capsys, src, "--output-root", tmp_path / "out", "--vocab-size", 4000)
+    assert "--vocab-size 4000 cannot be reached on this text: SentencePiece stopped at" in err
+    err = refused(capsys, src, "--output-root", tmp_path / "out", "--vocab-size", 100)
+    assert "--vocab-size 100 is too small for this text: it needs at least" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_ids_that_do_not_fit_uint16(corpus, tmp_path, capsys):
+    err = refused(capsys, corpus[1], "--output-root", tmp_path, "--vocab-size", 70000)
+    assert err == "error: vocab size 70000 gives token ids that do not fit uint16 shards (max 65536)"
+    assert not list(tmp_path.iterdir())
+
+
+def test_refuses_to_replace_a_different_dataset(built, corpus, tmp_path, capsys):
+    model = built[0] / "tokenizers" / "tiny_384_bpe.model"
+    args = [corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--name", "d"]
+    assert build(*args, "--val-docs", 5) == 0
+    before = snapshot(tmp_path)
+    err = refused(capsys, *args, "--val-docs", 6)
+    assert err.endswith("datasets/d already holds a different dataset (differs in: val_docs); "
+                        "pass --overwrite to replace it or --name to build elsewhere")
+    assert snapshot(tmp_path) == before
+    assert build(*args, "--val-docs", 6, "--overwrite") == 0
+    assert json.loads((tmp_path / "datasets" / "d" / "manifest.json").read_text())["splits"]["val"]["docs"] == 6
+    foreign = tmp_path / "datasets" / "foreign"
+    foreign.mkdir()
+    (foreign / "fineweb_val_000000.bin").write_bytes(b"x")
+    assert "already holds files this script did not build" in refused(capsys, *args[:-1], "foreign")
+
+
+def test_refuses_to_replace_a_different_tokenizer(corpus, tmp_path, capsys):
+    common = [corpus[1], "--output-root", tmp_path, "--vocab-size", VOCAB]
+    assert build(*common, "--name", "t_sp384", "--val-docs", 5) == 0  # writes tokenizers/t_384_bpe.model
+    before = snapshot(tmp_path)
+    err = refused(capsys, *common, "--name", "t", "--val-docs", 9)  # same tokenizer name, other train docs
+    assert err.endswith("tokenizers/t_384_bpe.model already holds a different tokenizer; "
+                        "pass --overwrite to replace it or --name to build elsewhere")
+    assert snapshot(tmp_path) == before
+
+
+def test_progress_on_long_inputs(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bd, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(bd, "ENCODE_BATCH_DOCS", 50)
+    assert build(corpus[1], "--output-root", tmp_path, "--vocab-size", VOCAB) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if "docs/s" in line]
+    assert [line.split()[0] for line in progress] == ["16", "66", "116", "160"]  # 16 val docs, then train
+    assert progress[-1].endswith("tokens written")
+
+
+def test_failed_build_leaves_the_old_dataset_untouched(built, corpus, tmp_path, monkeypatch):
+    model = built[0] / "tokenizers" / "tiny_384_bpe.model"
+    args = [corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--name", "d", "--shard-tokens", 500]
+    assert build(*args, "--val-docs", 5) == 0
+    before = snapshot(tmp_path)
+    real = bd.write_atomic
+
+    def failing(path, data):
+        if path.name == "manifest.json":
+            raise OSError("disk full")
+        return real(path, data)
+
+    monkeypatch.setattr(bd, "write_atomic", failing)
+    with pytest.raises(OSError, match="disk full"):
+        build(*args, "--val-docs", 7, "--overwrite")
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["d"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "ok"}\nnot json\n', "bad.jsonl:2: expected a JSON object with a string \"text\" field"),
+    ('{"body": "no text field"}\n', "bad.jsonl:1: expected a JSON object"),
+    ('{"text": 5}\n', "bad.jsonl:1: expected a JSON object"),
+])
+def test_refuses_malformed_jsonl(tmp_path, capsys, content, message):
+    src = tmp_path / "bad.jsonl"
+    src.write_text(content)
+    assert message in refused(capsys, src, "--output-root", tmp_path / "out")
+
+
+def test_refuses_bad_splits_and_mismatched_vocab(built, corpus, tmp_path, capsys):
+    model = built[0] / "tokenizers" / "tiny_384_bpe.model"
+    err = refused(capsys, corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--val-docs", 500)
+    assert "500 validation documents leave none for training (the input has 160)" in err
+    err = refused(capsys, corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--vocab-size", 512)
+    assert "--vocab-size 512 does not match" in err
+    garbage = tmp_path / "garbage.model"
+    garbage.write_bytes(b"not a model")
+    err = refused(capsys, corpus[1], "--output-root", tmp_path, "--tokenizer", garbage)
+    assert err == f"error: --tokenizer {garbage} is not a SentencePiece .model file"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.txt"], "source missing.txt does not exist"),
+    (["notes.md"], "only .txt and .jsonl files are supported"),
+    (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["--shard-tokens", "0"], "--shard-tokens must be between 1"),
+    (["--val-docs", "3", "--val-fraction", "0.2"], "not allowed with argument"),
+    (["--name", "../escape"], "--name '../escape' must be a plain folder name"),
+])
+def test_rejects_bad_flags(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bd.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_help_and_user_errors_without_traceback(tmp_path):
+    help_run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--vocab-size" in help_run.stdout and "--verify" in help_run.stdout
+    run = subprocess.run([sys.executable, str(SCRIPT), "--output-root", str(tmp_path), "--vocab-size", "70000"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "do not fit uint16" in run.stderr
+
+
+# ---------------------------------------------------------------- verify
+
+def verify(folder, capsys, *extra):
+    rc = bd.main(["--verify", str(folder), *extra])
+    return rc, capsys.readouterr().out.strip().splitlines()
+
+
+def test_verify_accepts_a_fresh_build(built, capsys):
+    rc, lines = verify(built[1], capsys)
+    assert rc == 0 and len(lines) == 1 and lines[0].startswith("OK ")
+    assert "ids < 384" in lines[0] and "manifest.json (sha256, counts)" in lines[0]
+
+
+def shard(tokens):
+    return struct.pack("<256i", 20240520, 1, len(tokens), *[0] * 253) + struct.pack(f"<{len(tokens)}H", *tokens)
+
+
+def test_verify_reports_each_problem_by_file(built, tmp_path, capsys):
+    folder = tmp_path / "d"
+    shutil.copytree(built[1], folder)
+    raw = bytearray((folder / "fineweb_train_000000.bin").read_bytes())
+    assert raw[2000:2002] != b"\x05\x00"
+    raw[2000:2002] = b"\x05\x00"  # a different, still valid token
+    (folder / "fineweb_train_000000.bin").write_bytes(bytes(raw))
+    (folder / "fineweb_train_000001.bin").write_bytes((folder / "fineweb_train_000001.bin").read_bytes()[:-2])
+    (folder / "fineweb_train_000002.bin").unlink()
+    (folder / "fineweb_train_000003.bin").write_bytes(shard([1, 5, 383, 384, 7]))
+    (folder / "fineweb_train_999999.bin").write_bytes(shard([1, 2]))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[-1] == f"FAILED: {len(lines) - 1} problem(s) in {folder}"
+    expected = [
+        "fineweb_train_000000.bin: token count or sha256 differs from manifest.json",
+        "fineweb_train_000001.bin: header says",
+        "fineweb_train_000003.bin: token id 384 >= vocab size 384",
+        "fineweb_train_000003.bin: token count or sha256 differs from manifest.json",
+        "fineweb_train_999999.bin: not listed in manifest.json",
+        "fineweb_train_000002.bin: listed in manifest.json but missing",
+        "train split:",
+    ]
+    assert len(lines) - 1 == len(expected)
+    for line, start in zip(lines, expected):
+        assert line.startswith(start), (line, start)
+    (folder / "fineweb_val_000000.bin").write_bytes(b"\x00" * 1100)
+    rc, lines = verify(folder, capsys)
+    assert "fineweb_val_000000.bin: header magic/version 0/0, expected 20240520/1" in lines
+
+
+def test_verify_official_download_against_its_stats(tmp_path, capsys):
+    folder = tmp_path / "datasets" / "fineweb10B_sp1024"
+    folder.mkdir(parents=True)
+    (folder / "fineweb_val_000000.bin").write_bytes(shard([1, 9, 9, 1, 1023]))
+    (folder / "fineweb_train_000000.bin").write_bytes(shard([1, 4]))
+    stats = {"files_train": 80, "files_val": 1, "tokens_val": 5}
+    top = {"datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_1024", "stats": stats}],
+           "tokenizers": [{"name": "sp_1024", "vocab_size": 1024}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(top))
+    rc, lines = verify(folder, capsys)
+    assert rc == 0 and "checked against data/manifest.json stats" in lines[0] and "ids < 1024" in lines[0]
+    stats["tokens_val"] = 6
+    (tmp_path / "manifest.json").write_text(json.dumps(top))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1
+    assert lines[0] == "val split: 1 shards / 5 tokens found, data/manifest.json says 1 shards / 6 tokens"
+
+
+def test_verify_without_manifest_checks_headers_and_given_vocab(tmp_path, capsys):
+    (tmp_path / "fineweb_val_000000.bin").write_bytes(shard([1, 300]))
+    rc, lines = verify(tmp_path, capsys)
+    assert rc == 0 and "no manifest (headers only)" in lines[0]
+    rc, lines = verify(tmp_path, capsys, "--vocab-size", "256")
+    assert rc == 1 and lines[0] == "fineweb_val_000000.bin: token id 300 >= vocab size 256"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert verify(empty, capsys)[0] == 1
