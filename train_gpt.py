@@ -871,8 +871,9 @@ def load_checkpoint(path: str, cfg: Config, device) -> dict:
 
 
 def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Module, train_files: list[Path],
-          val: ValData) -> dict:
-    """Train `model` (through `run_model`, its compiled form); returns step count and timing."""
+          val: ValData, resume: dict | None) -> dict:
+    """Train `model` (through `run_model`, its compiled form), from a checkpoint's state if `resume`
+    is given; returns step count and timing."""
     train_model = DDP(run_model) if rt.world_size > 1 else run_model
     optimizers = build_optimizers(model, cfg, rt)
     accum = cfg.micro_batches // rt.world_size
@@ -925,8 +926,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
 
     loader, swa = TrainLoader(train_files, cfg, rt), SWA()
     step, training_ms = 0, 0.0
-    if cfg.resume_from:
-        state = load_checkpoint(cfg.resume_from, cfg, rt.device)
+    if resume is not None:
+        state = resume
         model.load_state_dict(state["model"])
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
@@ -1305,6 +1306,7 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     attention_name, attention = select_attention(cfg.attn_backend, rt.device)
     val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device)
     audited = audit_byte_tables(val.tokens.cpu().numpy(), sp, tables) if cfg.bpb_audit else 0
+    resume = load_checkpoint(cfg.resume_from, cfg, rt.device) if cfg.resume_from else None
     log_box[0] = log = open_run_log(cfg, rt)
     mode = "eval_only" if cfg.eval_only else "train"
     log_header(log, cfg, rt, mode, code, attention_name, warnings)
@@ -1322,7 +1324,7 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
                    steps=0, step_avg_ms=0.0, train_time_s=0.0, stop_reason="none",
                    prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:
-        figures = train(cfg, rt, log, model, run_model, train_files, val)
+        figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
         t0 = time.perf_counter()
         pre_loss, pre_bpb = evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
         pre_time = time.perf_counter() - t0
