@@ -878,7 +878,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     optimizers = build_optimizers(model, cfg, rt)
     accum = cfg.micro_batches // rt.world_size
     linears = [m for m in model.modules() if isinstance(m, QATLinear)]
-    qat_bits = {id(m): quant_bits_for(name, cfg) for name, m in model.named_modules() if isinstance(m, QATLinear)}
+    qat_bits = {id(m): quant_bits_for(name, cfg) % 16 for name, m in model.named_modules() if isinstance(m, QATLinear)}
     tokens_per_step, fpt = cfg.train_batch_tokens, flops_per_token(model, cfg.train_seq_len)
     peak = peak_flops(rt) * rt.world_size
 
@@ -985,7 +985,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         scale = lr_scale(cfg, step, agreed_ms)
         warm = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps else 1.0
         momentum = (1 - warm) * cfg.muon_momentum_warmup_start + warm * cfg.muon_momentum
-        set_qat(cfg.qat_frac > 0 and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac)
+        if cfg.qat_frac > 0 and not linears[0].qat_bits and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac:
+            set_qat(True)
+            log(f"qat: fake quantisation at the export bit widths from step {step}")
         loss = train_step(loader, scale, momentum)
         step += 1
         # Non-finite check one step behind, so the host never waits on the step it just launched.

@@ -1,6 +1,7 @@
 """Shared fixtures: the sample dataset (built once per session) and helpers to run the trainer."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,19 @@ def train_losses(text: str) -> list[tuple[int, float]]:
 def final_figures(text: str, key: str) -> tuple[str, str]:
     """(val_loss, val_bpb) strings of a final line, e.g. key='final_sliding_exact'."""
     return re.search(rf"^{key} val_loss:(\S+) val_bpb:(\S+)", text, re.M).groups()
+
+
+@pytest.fixture
+def workspace(sample_data, tmp_path, monkeypatch):
+    """A private copy of the sample dataset, the tiny settings in the environment, cwd = tmp_path."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_data[0], data)
+    tokenizer = tmp_path / "tok.model"
+    shutil.copy(sample_data[1], tokenizer)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {**TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(tokenizer), "RUN_ID": "bad",
+                 "ITERATIONS": "2", "WARMUP_STEPS": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

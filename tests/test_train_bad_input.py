@@ -6,23 +6,6 @@ import numpy as np
 import pytest
 
 import train_gpt as tg
-from conftest import TINY
-
-
-@pytest.fixture
-def workspace(sample_data, tmp_path, monkeypatch):
-    """A private copy of the sample dataset, the tiny settings in the environment, cwd = tmp_path."""
-    data = tmp_path / "data"
-    shutil.copytree(sample_data[0], data)
-    tokenizer = tmp_path / "tok.model"
-    shutil.copy(sample_data[1], tokenizer)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in {**TINY, "DATA_PATH": str(data), "TOKENIZER_PATH": str(tokenizer), "RUN_ID": "bad",
-                 "ITERATIONS": "2", "WARMUP_STEPS": "0"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def fails_with(capsys, message, code=2):

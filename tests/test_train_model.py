@@ -131,3 +131,18 @@ def test_lr_schedule_warmdown_by_iterations_and_by_wallclock():
     assert tg.lr_scale(timed, 50, 5000) == 1.0
     assert math.isclose(tg.lr_scale(timed, 90, 9000), 0.5)
     assert tg.lr_scale(timed, 100, 10_000) == 0.0
+
+
+def test_qat_linear_fake_quantises_forward_and_passes_gradients_straight_through():
+    torch.manual_seed(0)
+    lin = tg.QATLinear(16, 8)
+    x = torch.randn(4, 16)
+    plain = lin(x)
+    lin.qat_bits = 3
+    y = lin(x)
+    q, scale = tg.quantize_rows(lin.weight.detach(), 3)
+    assert torch.allclose(y, x @ (q.float() * scale.float()).T, atol=1e-6) and not torch.allclose(y, plain)
+    y.sum().backward()
+    assert torch.allclose(lin.weight.grad, x.sum(0).expand(8, -1))  # d/dW as if unquantised
+    lin.eval()
+    assert torch.equal(lin(x), plain)  # evaluation never fake-quantises

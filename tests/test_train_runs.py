@@ -101,3 +101,17 @@ def test_non_finite_loss_stops_at_once_with_the_step(sample_data, tmp_path):
                      r"last val_bpb [\d.]+ at step 0\)", res.stderr)
     assert not (tmp_path / "logs" / "nan.ptz").exists()
     assert "training stopped: train loss is nan at step 2" in (tmp_path / "logs" / "nan.txt").read_text()
+
+
+def test_qat_switches_on_for_the_last_fraction_in_bf16(workspace, monkeypatch):
+    import train_gpt as tg
+    for k, v in dict(QAT_FRAC="0.5", CPU_DTYPE="bf16", ITERATIONS="6", WARMUP_STEPS="2", RUN_ID="qat").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    log = (workspace / "logs" / "qat.txt").read_text()
+    assert "precision:torch.bfloat16" in log
+    assert "qat: fake quantisation at the export bit widths from step 3" in log
+    assert log.count("qat: fake quantisation") == 1
+    # the run goes on through SWA, export and the round trip with fake-quantised weights
+    pre, post = (float(final_figures(log, k)[1]) for k in ("final_prequant_exact", "final_roundtrip_exact"))
+    assert abs(post - pre) < 0.02
