@@ -326,6 +326,12 @@ class DataError(Exception):
     """Missing or malformed data; the message names the file and the problem."""
 
 
+def check_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
+    if len(tokens) and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}: "
+                        "the shard was made with a larger vocabulary than the model's")
+
+
 def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
     """Memory-map a shard's uint16 tokens after checking its header (and ids < vocab_size)."""
     try:
@@ -346,9 +352,8 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: header declares {count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes) but the "
                         f"file has {size} bytes: truncated or corrupted, re-download or rebuild it")
     tokens = np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(count,))
-    if vocab_size is not None and int(tokens.max()) >= vocab_size:
-        raise DataError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}: "
-                        "the shard was made with a larger vocabulary than the model's")
+    if vocab_size is not None:
+        check_ids(tokens, vocab_size, path)
     return tokens
 
 
@@ -360,7 +365,8 @@ def find_shards(data_path: str, split: str) -> list[Path]:
 
 
 class TokenStream:
-    """Training tokens in shard order, wrapping around; its position is (file index, offset)."""
+    """Training tokens in shard order, wrapping around; its position is (file index, offset). Token ids
+    are checked on each span taken, so a bad shard is named the moment it is reached."""
 
     def __init__(self, files: list[Path], vocab_size: int):
         self.files, self.vocab_size = files, vocab_size
@@ -368,7 +374,7 @@ class TokenStream:
 
     def load_state(self, state: dict) -> None:
         self.file_idx, self.pos = int(state["file_idx"]), int(state["pos"])
-        self.tokens = open_shard(self.files[self.file_idx], self.vocab_size)
+        self.tokens = open_shard(self.files[self.file_idx])
 
     def state(self) -> dict:
         return {"file_idx": self.file_idx, "pos": self.pos}
@@ -380,6 +386,7 @@ class TokenStream:
                 self.load_state({"file_idx": (self.file_idx + 1) % len(self.files), "pos": 0})
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
+            check_ids(parts[-1], self.vocab_size, self.files[self.file_idx])
             self.pos, n = self.pos + k, n - k
         return np.concatenate(parts)
 
@@ -676,8 +683,10 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         prev, has_prev = previous_token(idx)
         x = self.tok_emb(idx)
+        if torch.is_autocast_enabled(x.device.type):  # residual stream in bf16, like the weights' matmuls
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.bigram is not None:
-            x = x + self.bigram(idx, prev, has_prev)
+            x = x + self.bigram(idx, prev, has_prev).to(x.dtype)
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, has_prev)
@@ -739,9 +748,10 @@ class Muon(torch.optim.Optimizer):
     buffers (cheap, and checkpoints stay rank-independent); the Newton-Schulz work is split
     round-robin across ranks and the updates are summed with one all-reduce."""
 
-    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime):
+    def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime,
+                 orthogonalise=newton_schulz):
         super().__init__(params, dict(lr=lr, base_lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
-        self.rt = rt
+        self.rt, self.orthogonalise = rt, orthogonalise
 
     @torch.no_grad()
     def step(self):
@@ -751,11 +761,13 @@ class Muon(torch.optim.Optimizer):
             updates = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
             offsets = np.cumsum([0] + sizes)
             for i, p in enumerate(params):
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                buf = self.state[p]["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(p.grad)
                 if i % self.rt.world_size == self.rt.rank:
                     g = p.grad.add(buf, alpha=group["momentum"])
-                    u = newton_schulz(g, group["steps"]) * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    u = self.orthogonalise(g, group["steps"]) * max(1.0, p.size(0) / p.size(1)) ** 0.5
                     updates[offsets[i]:offsets[i + 1]] = u.flatten()
             if self.rt.world_size > 1:
                 dist.all_reduce(updates)
@@ -775,7 +787,9 @@ def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.O
          dict(params=scalars, lr=cfg.scalar_lr, base_lr=cfg.scalar_lr)],
         betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.adam_wd,
         fused=rt.device.type == "cuda")
-    return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt), adam]
+    orthogonalise = torch.compile(newton_schulz) if cfg.compile == "1" else newton_schulz
+    return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt, orthogonalise),
+            adam]
 
 # ================================ training loop ================================
 
@@ -923,6 +937,10 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             opt.load_state_dict(s)
         rt.sync()
         log(f"warmup: {cfg.warmup_steps} steps done, model and optimiser state restored")
+        if cfg.compile == "1":
+            from torch._dynamo.utils import counters
+            breaks = counters["graph_break"]
+            log(f"compile: {sum(breaks.values())} graph break(s)" + "".join(f"; {r[:80]}" for r in list(breaks)[:3]))
 
     loader, swa = TrainLoader(train_files, cfg, rt), SWA()
     step, training_ms = 0, 0.0
@@ -1004,13 +1022,14 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
                 f"step_avg:{step_avg:.2f}ms tok/s:{tok_s:.0f} mfu:{100 * fpt * tok_s / peak:.2f}%")
         # Ranks agree on the clock and on a SIGTERM, so all of them take the same decisions.
         agreed_ms, sigterm = all_ranks_max(rt, [elapsed, float(_STOP_SIGNAL["received"])])
-        if cfg.max_wallclock_seconds > 0 and agreed_ms >= 1000 * cfg.max_wallclock_seconds:
-            stop_reason = "wallclock"
+        if cfg.max_wallclock_seconds > 0 and agreed_ms + 1.5 * agreed_ms / step > 1000 * cfg.max_wallclock_seconds:
+            stop_reason = "wallclock"  # the next step (with margin) would end past the cap
         if ckpt_every and (sigterm or (agreed_ms - last_ckpt_ms >= 1000 * ckpt_every if ckpt_unit == "seconds"
                                        else step % int(ckpt_every) == 0)):
-            training_ms, t0 = agreed_ms, time.perf_counter()
+            check_finite(*pending)  # never replace the last good checkpoint with a broken state
+            pending = None
             checkpoint("SIGTERM" if sigterm else "periodic")
-            last_ckpt_ms = training_ms
+            training_ms, t0, last_ckpt_ms = agreed_ms, time.perf_counter(), agreed_ms
             if sigterm:
                 log(f"stopped by SIGTERM at step {step}; continue with RESUME_FROM={ckpt_path}")
                 raise SystemExit(143)

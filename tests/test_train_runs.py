@@ -115,3 +115,35 @@ def test_qat_switches_on_for_the_last_fraction_in_bf16(workspace, monkeypatch):
     # the run goes on through SWA, export and the round trip with fake-quantised weights
     pre, post = (float(final_figures(log, k)[1]) for k in ("final_prequant_exact", "final_roundtrip_exact"))
     assert abs(post - pre) < 0.02
+
+
+def test_wallclock_cap_stops_all_work_within_the_limit(workspace, monkeypatch):
+    import train_gpt as tg
+    for k, v in dict(MAX_WALLCLOCK_SECONDS="2", ITERATIONS="100000", WARMDOWN_ITERS="5", RUN_ID="cap").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    s = json.loads((workspace / "logs" / "cap.txt").read_text().splitlines()[-1].split(": ", 1)[1])
+    assert s["stop_reason"] == "wallclock" and 5 < s["steps"] < 100000
+    assert 1.5 < s["train_time_s"] <= 2.0
+
+
+def test_a_non_finite_step_never_replaces_the_last_good_checkpoint(workspace, monkeypatch):
+    import torch
+    import train_gpt as tg
+    for k, v in dict(SCALAR_LR="1e30", CHECKPOINT_EVERY="1", ITERATIONS="8", RUN_ID="nanckpt").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 1
+    log = (workspace / "logs" / "nanckpt.txt").read_text()
+    assert "checkpoint: step 1 written" in log and "checkpoint: step 2" not in log
+    state = torch.load(workspace / "checkpoints" / "nanckpt.pt", weights_only=True)
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_compiled_run_matches_eager_without_graph_breaks(single, sample_data, tmp_path):
+    res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="compiled", COMPILE=1))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "logs" / "compiled.txt").read_text()
+    assert "compile:1" in log and "compile: 0 graph break(s)" in log
+    eager = dict(train_losses(single[1]))
+    assert all(abs(eager[step] - loss) < 2e-3 for step, loss in train_losses(log))
+    assert abs(float(final_figures(log, "final_sliding_exact")[1]) - float(final_figures(single[1], "final_sliding_exact")[1])) < 5e-3
