@@ -812,31 +812,6 @@ def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
     return max(step / max(cfg.iterations, 1), by_time)
 
 
-class SWA:
-    """Running sum of weight snapshots; `average()` gives their mean."""
-
-    def __init__(self):
-        self.sums, self.count = None, 0
-
-    @torch.no_grad()
-    def add(self, model: nn.Module) -> None:
-        if self.sums is None:
-            self.sums = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-        else:
-            for k, v in model.state_dict().items():
-                self.sums[k].add_(v.float())
-        self.count += 1
-
-    def average(self) -> dict:
-        return {k: v / self.count for k, v in self.sums.items()}
-
-    def state_dict(self) -> dict:
-        return {"sums": self.sums, "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sums, self.count = state["sums"], state["count"]
-
-
 def host_copy(t: torch.Tensor) -> tuple:
     """Start copying a device scalar to the host; returns (tensor, event to wait on or None)."""
     if t.device.type != "cuda":
@@ -945,15 +920,14 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     loader, swa = TrainLoader(train_files, cfg, rt), SWA()
     step, training_ms = 0, 0.0
     if resume is not None:
-        state = resume
-        model.load_state_dict(state["model"])
-        for opt, s in zip(optimizers, state["optimizers"]):
+        model.load_state_dict(resume["model"])
+        for opt, s in zip(optimizers, resume["optimizers"]):
             opt.load_state_dict(s)
-        loader.stream.load_state(state["loader"])
-        if state["swa"]["count"]:
-            swa.load_state_dict(state["swa"])
-        step, training_ms = state["step"], state["training_ms"]
-        torch.set_rng_state(state["rng"].cpu())
+        loader.stream.load_state(resume["loader"])
+        if resume["swa"]["count"]:
+            swa.load_state_dict(resume["swa"])
+        step, training_ms = resume["step"], resume["training_ms"]
+        torch.set_rng_state(resume["rng"].cpu())
         log(f"resumed from {cfg.resume_from} at step {step} (training time so far {training_ms / 1000:.1f}s)")
 
     ckpt_every, ckpt_unit = checkpoint_interval(cfg)
@@ -1027,9 +1001,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if ckpt_every and (sigterm or (agreed_ms - last_ckpt_ms >= 1000 * ckpt_every if ckpt_unit == "seconds"
                                        else step % int(ckpt_every) == 0)):
             check_finite(*pending)  # never replace the last good checkpoint with a broken state
-            pending = None
+            pending, training_ms, last_ckpt_ms = None, agreed_ms, agreed_ms
             checkpoint("SIGTERM" if sigterm else "periodic")
-            training_ms, t0, last_ckpt_ms = agreed_ms, time.perf_counter(), agreed_ms
+            t0 = time.perf_counter()  # the time spent saving is not training time
             if sigterm:
                 log(f"stopped by SIGTERM at step {step}; continue with RESUME_FROM={ckpt_path}")
                 raise SystemExit(143)
@@ -1041,6 +1015,34 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         model.load_state_dict(swa.average())
         log(f"swa: averaged {swa.count} snapshots")
     return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason)
+
+# ================================== averaging ==================================
+
+
+class SWA:
+    """Stochastic weight averaging: a running sum of weight snapshots taken during the warm-down;
+    `average()` is their mean, loaded into the model before export."""
+
+    def __init__(self):
+        self.sums, self.count = None, 0
+
+    @torch.no_grad()
+    def add(self, model: nn.Module) -> None:
+        if self.sums is None:
+            self.sums = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        else:
+            for k, v in model.state_dict().items():
+                self.sums[k].add_(v.float())
+        self.count += 1
+
+    def average(self) -> dict:
+        return {k: v / self.count for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.count = state["sums"], state["count"]
 
 # =================================== export ===================================
 
@@ -1157,6 +1159,15 @@ def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Ten
     return starts, score_from
 
 
+def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple:
+    """(val_loss, val_bpb, seconds) of `evaluate`, timed to the end of the device work."""
+    rt.sync()
+    t0 = time.perf_counter()
+    loss, bpb = evaluate(model, val, cfg, rt, stride, log)
+    rt.sync()
+    return loss, bpb, time.perf_counter() - t0
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
     """(val_loss in nats, val_bpb) over all validation targets; windows are split across ranks and
@@ -1238,22 +1249,15 @@ def launch_command(settings: dict, world_size: int) -> str:
 def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, code: tuple,
                      summary: dict) -> int:
     """Score the weights read back from the artifact on disk, report size, write the summary."""
-    model_config, state = read_artifact(cfg.artifact_path)
-    model.load_state_dict(state)
-    results = {}
-    for label, stride in (("roundtrip", cfg.eval_seq_len), ("sliding", cfg.eval_stride)):
-        if label == "sliding" and stride == cfg.eval_seq_len:
-            results[label] = results["roundtrip"]
-            continue
-        rt.sync()
-        t0 = time.perf_counter()
-        loss, bpb = evaluate(run_model, val, cfg, rt, stride, log if label == "sliding" else None)
-        rt.sync()
-        results[label] = (loss, bpb, time.perf_counter() - t0)
-    (r_loss, r_bpb, r_time), (s_loss, s_bpb, s_time) = results["roundtrip"], results["sliding"]
+    model.load_state_dict(read_artifact(cfg.artifact_path)[1])
+    r_loss, r_bpb, r_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
+    if cfg.eval_stride == cfg.eval_seq_len:  # sliding at stride = window length is the plain evaluation
+        s_loss, s_bpb, s_time = r_loss, r_bpb, 0.0
+    else:
+        s_loss, s_bpb, s_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_stride, log)
     log(f"final_roundtrip_exact val_loss:{r_loss:.8f} val_bpb:{r_bpb:.8f} eval_time:{1000 * r_time:.0f}ms")
     log(f"final_sliding_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f} stride:{cfg.eval_stride} "
-        f"eval_time:{1000 * s_time:.0f}ms")
+        f"eval_time:{1000 * (s_time or r_time):.0f}ms")
     if not val.full:
         log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
     artifact_bytes = os.path.getsize(cfg.artifact_path)
@@ -1266,9 +1270,9 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     summary.update(
         roundtrip_val_loss=r_loss, roundtrip_val_bpb=r_bpb, val_loss=s_loss, val_bpb=s_bpb,
         eval_stride=cfg.eval_stride, eval_seq_len=cfg.eval_seq_len, val_tokens=val.num_targets, val_full=val.full,
-        eval_time_s=s_time, artifact_bytes=artifact_bytes, bytes_total=total, size_cap=SIZE_CAP_BYTES,
+        eval_time_s=s_time or r_time, artifact_bytes=artifact_bytes, bytes_total=total, size_cap=SIZE_CAP_BYTES,
         over_cap=over, artifact_path=str(cfg.artifact_path))
-    summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + sum(t for *_, t in set(results.values()))
+    summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + r_time + s_time
     log("summary_json: " + json.dumps(summary))
     return 3 if over else 0
 
@@ -1346,9 +1350,7 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
                    prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:
         figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
-        t0 = time.perf_counter()
-        pre_loss, pre_bpb = evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
-        pre_time = time.perf_counter() - t0
+        pre_loss, pre_bpb, pre_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
         log(f"final_prequant_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f} eval_time:{1000 * pre_time:.0f}ms")
         summary.update(steps=figures["steps"], step_avg_ms=figures["train_time_ms"] / max(figures["steps"], 1),
                        train_time_s=figures["train_time_ms"] / 1000, stop_reason=figures["stop_reason"],

@@ -1,6 +1,7 @@
 """Checkpoints: a run killed (SIGKILL) or stopped (SIGTERM) mid-way and resumed ends exactly where the
 uninterrupted run ends (bit for bit with 1 process, to float tolerance with 2)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,8 +56,10 @@ def test_interrupted_single_process_run_resumes_bit_for_bit(reference, sample_da
     res = run_trainer(tmp_path, {**env, "RESUME_FROM": str(ckpt)})
     assert res.returncode == 0, res.stderr[-3000:]
     log = log_path.read_text()
-    resumed_at = int(log.split("resumed from")[1].split("at step ")[1].split()[0])
-    assert 10 <= resumed_at < 40
+    resumed = re.search(r"resumed from \S+ at step (\d+) \(training time so far ([\d.]+)s\)", log)
+    resumed_at, seconds = int(resumed[1]), float(resumed[2])
+    logged_ms = dict(re.findall(r"step:(\d+)/40 train_loss:\S+ train_time:(\d+)ms", log))[str(resumed_at)]
+    assert 10 <= resumed_at < 40 and abs(seconds - int(logged_ms) / 1000) < 0.2
     ref_log, ref_artifact = reference
     assert (tmp_path / "logs" / "cut.ptz").read_bytes() == ref_artifact
     ref_losses = dict(train_losses(ref_log))
