@@ -1384,10 +1384,20 @@ def main() -> int:
                 log_box[0].file.write(f"{kind}: {e}\n")
             print(f"train_gpt.py: {kind}: {e}", file=sys.stderr, flush=True)
         return 1 if isinstance(e, TrainingStopped) else 2
+    except SystemExit as e:  # SIGTERM after its checkpoint: 143
+        return int(e.code)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Once DDP has run, destroy_process_group() leaves gloo's threads alive and interpreter
+        # teardown sometimes aborts on them ("terminate called without an active exception").
+        # Everything is written and flushed by now, so skip that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
