@@ -1340,12 +1340,13 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
     model, run_model = build_model(cfg, rt, attention)
     log(f"model params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
+    name = device_name(rt.device)
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
                    config={k.upper(): v for k, v in asdict(cfg).items()}, non_default=user_settings,
                    launch=launch_command(user_settings, rt.world_size), world_size=rt.world_size, device=rt.device.type,
-                   device_name=device_name(rt.device), python=platform.python_version(), torch=torch.__version__,
-                   hardware=(f"{rt.world_size}x {device_name(rt.device)}" if rt.device.type == "cuda"
-                             else f"{rt.world_size}x CPU process ({device_name(rt.device)})"),
+                   device_name=name, python=platform.python_version(), torch=torch.__version__,
+                   hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
+                             else f"{rt.world_size}x CPU process ({name})"),
                    steps=0, step_avg_ms=0.0, train_time_s=0.0, stop_reason="none",
                    prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:

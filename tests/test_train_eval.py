@@ -1,6 +1,5 @@
 """Evaluation: window plan, bits per byte against independent computations, byte tables."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
