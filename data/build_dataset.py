@@ -11,7 +11,9 @@ bundled with CPython (pydoc_data.topics) are used, one document per paragraph.
 The first documents form the validation split. A SentencePiece BPE tokenizer is trained
 on the train split with the challenge's settings (or reused with --tokenizer), and every
 document is written as BOS + its tokens into fineweb_{val,train}_NNNNNN.bin shards, next
-to a manifest.json with counts and sha256 of every file. Same inputs, same bytes.
+to a manifest.json with counts and sha256 of every file and a tokenizer.sha256 naming the
+tokenizer (sha256sum format). Same inputs, same bytes. The built-in corpus reaches vocab
+sizes up to ~15,000 (1024, 4096 and 8192 each build in about a second).
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ HEADER_BYTES = HEADER_INTS * 4
 MAGIC = 20240520
 VERSION = 1
 MAX_VOCAB = 1 << 16  # token ids are stored as uint16
+MIN_TRAINED_VOCAB = 4 + 256  # pad/bos/eos/unk + one piece per byte (byte fallback)
+UNK_ID = 3  # the challenge's tokenizers: pad 0, bos 1, eos 2, unk 3
+SHA256_FILE = "tokenizer.sha256"
+BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))
 DEFAULT_VOCAB = 1024
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -131,11 +137,34 @@ def train_tokenizer(documents, vocab_size: int) -> bytes:
             raise UserError(f"--vocab-size {vocab_size} is too small for this text: it needs at least "
                             f"{needed[1]} (4 special ids, 256 byte pieces and its characters)")
         raise UserError(f"SentencePiece could not train a tokenizer on this text: {e}")
-    reached = spm.SentencePieceProcessor(model_proto=model.getvalue()).vocab_size()
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    problem = tokenizer_problem(sp)
+    if problem:  # the challenge's settings guarantee byte fallback and ids 1/2: a bug if not
+        raise RuntimeError(f"the trained tokenizer is unusable: {problem}")
+    reached = sp.vocab_size()
     if reached < vocab_size:
         raise UserError(f"--vocab-size {vocab_size} cannot be reached on this text: SentencePiece stopped "
                         f"at {reached} pieces; use --vocab-size {reached} or less, or give more text")
     return model.getvalue()
+
+
+def tokenizer_problem(sp: spm.SentencePieceProcessor) -> str | None:
+    """Why sp cannot write challenge shards, or None: every byte must have its <0xNN> piece
+    (so any text encodes without <unk>) and BOS/EOS must be ids 1/2."""
+    missing = [p for p in BYTE_PIECES if not sp.is_byte(sp.piece_to_id(p))]
+    if missing:
+        return (f"it cannot represent every byte: {len(missing)} of the 256 byte pieces <0x00>..<0xFF> are "
+                f"missing (e.g. {missing[0]}), so text outside its pieces would become <unk>; "
+                f"use a tokenizer trained with byte_fallback=True")
+    if (sp.bos_id(), sp.eos_id()) != (1, 2):
+        return (f"its BOS/EOS ids are {sp.bos_id()}/{sp.eos_id()} but the challenge's shards and trainer use 1/2; "
+                f"use a tokenizer trained with bos_id=1 eos_id=2")
+    return None
+
+
+def sha256_line(model: bytes, file_name: str) -> bytes:
+    """The tokenizer.sha256 record: '<64 hex>  <file name>' and a newline, as sha256sum writes it."""
+    return f"{hashlib.sha256(model).hexdigest()}  {file_name}\n".encode()
 
 
 def vocab_text(sp: spm.SentencePieceProcessor) -> str:
@@ -284,8 +313,9 @@ def load_tokenizer(path: str, vocab_size: int | None) -> bytes:
     if vocab_size is not None and vocab_size != sp.vocab_size():
         raise UserError(f"--vocab-size {vocab_size} does not match {path} ({sp.vocab_size()} pieces); "
                         f"drop --vocab-size")
-    if sp.bos_id() < 0:
-        raise UserError(f"--tokenizer {path} has no BOS piece; every document must start with BOS")
+    problem = tokenizer_problem(sp)
+    if problem:
+        raise UserError(f"--tokenizer {path}: {problem}")
     return model
 
 
@@ -337,7 +367,7 @@ def build(args) -> None:
     if args.tokenizer:
         model_path = Path(args.tokenizer)
     else:
-        print(f"training a {vocab_size}-piece tokenizer on {total - n_val:,} train documents", file=sys.stderr)
+        print(f"training a {vocab_size}-piece tokenizer on {total - n_val:,} train documents", flush=True)
         model = train_tokenizer(itertools.islice(all_documents(args.sources, args.split_paragraphs), n_val, None),
                                 vocab_size)
         model_path = root / "tokenizers" / f"{tokenizer_file_stem(name, vocab_size)}.model"
@@ -363,6 +393,7 @@ def build(args) -> None:
             "files": files,
         }
         write_atomic(partial / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        write_atomic(partial / SHA256_FILE, sha256_line(model, model_path.name))
         if not args.tokenizer:
             model_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(model_path, model)
@@ -428,6 +459,10 @@ def verify(folder: Path, vocab_size: int | None) -> tuple[list[str], str]:
         ids = np.frombuffer(data, dtype="<u2", offset=HEADER_BYTES)
         if bound and count and int(ids.max()) >= bound:
             problems.append(f"{name}: token id {int(ids.max())} >= vocab size {bound}")
+        unknown = int(np.count_nonzero(ids == UNK_ID))
+        if unknown:
+            problems.append(f"{name}: {unknown} unknown token(s) (<unk>, id {UNK_ID}): the tokenizer that wrote it "
+                            f"could not represent some text (no byte fallback?); rebuild with one that has it")
         shards[split[1]] += 1
         tokens[split[1]] += count
         if manifest:
@@ -455,14 +490,43 @@ def verify(folder: Path, vocab_size: int | None) -> tuple[list[str], str]:
         against = "data/manifest.json stats"
     else:
         against = "no manifest (headers only)"
+    sha_note = check_tokenizer_sha256(folder, manifest, problems)
     summary = (f"OK {folder}: val {tokens['val']:,} tokens in {shards['val']} shard(s), train {tokens['train']:,} "
-               f"tokens in {shards['train']} shard(s); ids < {bound or '? (vocab unknown)'}; checked against {against}")
+               f"tokens in {shards['train']} shard(s); ids < {bound or '? (vocab unknown)'}; checked against {against}"
+               f"; {sha_note}")
     return problems, summary
+
+
+def check_tokenizer_sha256(folder: Path, manifest: dict | None, problems: list[str]) -> str:
+    """Check folder/tokenizer.sha256 (format, the manifest's record, the tokenizer file when found); return a note."""
+    record = folder / SHA256_FILE
+    if not record.is_file():
+        return f"no {SHA256_FILE}"
+    match = re.fullmatch(r"([0-9a-f]{64})  ([^/\n]+)\n?", record.read_text(errors="replace"))
+    if not match:
+        problems.append(f"{SHA256_FILE}: not one line '<64 hex digits>  <tokenizer file name>'")
+        return ""
+    digest, name = match.groups()
+    if manifest:
+        recorded = manifest.get("tokenizer", {}).get("sha256")
+        if recorded != digest:
+            problems.append(f"{SHA256_FILE}: says {digest[:16]}... but manifest.json records {str(recorded)[:16]}...")
+        model = Path(os.path.normpath(folder / manifest.get("tokenizer", {}).get("model_path", name)))
+    else:
+        model = folder.parent.parent / "tokenizers" / name  # the downloaded layout
+    if model.name != name or not model.is_file():
+        return f"{SHA256_FILE} names {name} (not found to compare)"
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    if actual != digest:
+        problems.append(f"{SHA256_FILE}: {model} has sha256 {actual[:16]}..., not the recorded {digest[:16]}... "
+                        f"(the tokenizer was replaced; these shards need the one they were written with)")
+    return f"{SHA256_FILE} matches {name}"
 
 
 def verify_command(folder: Path, vocab_size: int | None) -> int:
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; pass a dataset folder such as data/datasets/sample_sp1024")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"--verify {folder} {what}; pass a dataset folder such as data/datasets/sample_sp1024")
     problems, summary = verify(folder, vocab_size)
     for problem in problems:
         print(problem)
@@ -475,13 +539,20 @@ def verify_command(folder: Path, vocab_size: int | None) -> int:
 
 # ---------------------------------------------------------------- command line
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help=".txt or .jsonl files (default: the pydoc_data.topics corpus bundled with Python)")
     p.add_argument("--vocab-size", type=int, metavar="V",
-                   help=f"size of the tokenizer to train (default {DEFAULT_VOCAB}); with --verify: the id bound")
-    p.add_argument("--tokenizer", metavar="MODEL", help="reuse this SentencePiece .model instead of training one")
+                   help=f"size of the tokenizer to train, {MIN_TRAINED_VOCAB} to {MAX_VOCAB} "
+                        f"(default {DEFAULT_VOCAB}); with --verify: the id bound")
+    p.add_argument("--tokenizer", metavar="MODEL",
+                   help="reuse this SentencePiece .model instead of training one (needs byte fallback, BOS 1, EOS 2)")
     p.add_argument("--name", help="dataset folder name (default sample_sp<V>, or custom_sp<V> when SOURCEs are given)")
     p.add_argument("--output-root", default=str(SCRIPT_DIR), metavar="DIR",
                    help="writes DIR/datasets/<name>/ and DIR/tokenizers/ (default: this script's folder)")
@@ -495,39 +566,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=".txt files: one document per blank-line-separated paragraph (default: one per file)")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder holding a different dataset")
     p.add_argument("--verify", metavar="DIR",
-                   help="check a dataset folder (headers, token ids, manifest sha256 and counts) and exit")
+                   help="check a dataset folder (headers, token ids, <unk> tokens, manifest sha256 and counts, "
+                        "tokenizer.sha256) and exit")
     args = p.parse_args(argv)
-    if args.verify and args.sources:
-        p.error("--verify takes no SOURCE arguments")
+    if args.verify is not None:
+        if args.sources:
+            p.error(f"--verify takes no SOURCE arguments (got {' '.join(args.sources)})")
+        if args.vocab_size is not None and not 1 <= args.vocab_size <= MAX_VOCAB:
+            p.error(f"--vocab-size {args.vocab_size} is out of range: give 1 to {MAX_VOCAB} (the bound token ids "
+                    f"must stay under)")
+        return args
     for source in args.sources:
+        path = Path(source)
+        if path.is_dir():
+            p.error(f"source {source} is a folder; give the .txt/.jsonl files in it (e.g. {source}/*.txt)")
         if not source.endswith((".txt", ".jsonl")):
             p.error(f"source {source}: only .txt and .jsonl files are supported")
-        if not Path(source).is_file():
+        if not path.is_file():
             p.error(f"source {source} does not exist")
     if args.name is not None and (Path(args.name).name != args.name or args.name in ("", ".", "..")):
-        p.error(f"--name {args.name!r} must be a plain folder name")
-    if args.tokenizer and not Path(args.tokenizer).is_file():
-        p.error(f"--tokenizer {args.tokenizer} does not exist")
-    if args.vocab_size is not None and args.vocab_size < 1:
-        p.error("--vocab-size must be positive")
+        p.error(f"--name {args.name!r} must be a plain folder name (no /, not . or ..)")
+    if args.tokenizer is not None and not Path(args.tokenizer).is_file():
+        what = "is a folder" if Path(args.tokenizer).is_dir() else "does not exist"
+        p.error(f"--tokenizer {args.tokenizer} {what}; give a SentencePiece .model file")
+    if args.vocab_size is not None and not MIN_TRAINED_VOCAB <= args.vocab_size <= MAX_VOCAB:
+        p.error(f"--vocab-size {args.vocab_size} is out of range: give {MIN_TRAINED_VOCAB} (4 special ids + 256 "
+                f"byte pieces) to {MAX_VOCAB} (ids are stored as uint16)")
     if args.val_docs is not None and args.val_docs < 1:
-        p.error("--val-docs must be at least 1")
+        p.error(f"--val-docs {args.val_docs} must be at least 1")
     if not 0 < args.val_fraction < 1:
-        p.error("--val-fraction must be between 0 and 1")
+        p.error(f"--val-fraction {args.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
     if not 1 <= args.shard_tokens < 2**31:
-        p.error("--shard-tokens must be between 1 and 2**31-1 (the header count is an int32)")
+        p.error(f"--shard-tokens {args.shard_tokens} is out of range: give 1 to 2147483647 "
+                f"(the header count is an int32)")
+    root = Path(args.output_root)
+    for path in (root, root / "datasets", root / "tokenizers"):
+        if path.exists() and not path.is_dir():
+            p.error(f"--output-root {args.output_root}: {path} is a file, not a folder; "
+                    f"remove it or choose another --output-root")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.verify:
+        if args.verify is not None:
             return verify_command(Path(args.verify), args.vocab_size)
         build(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a disk full, a permission: nothing half-written is left under a final name
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,12 +1,16 @@
-"""Offline dataset builder and verifier (data/build_dataset.py)."""
+"""Offline dataset builder and verifier (data/build_dataset.py), and the bad-input cases of both data scripts."""
 import hashlib
 import importlib.util
+import io
 import json
+import os
 import random
 import shutil
 import struct
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,9 @@ SCRIPT = REPO / "data" / "build_dataset.py"
 spec = importlib.util.spec_from_file_location("build_dataset", SCRIPT)
 bd = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bd)
+cases_spec = importlib.util.spec_from_file_location("cases_data_scripts", REPO / "tests" / "cases_data_scripts.py")
+cases = importlib.util.module_from_spec(cases_spec)
+cases_spec.loader.exec_module(cases)
 
 VOCAB = 384
 VAL_DOCS = 12
@@ -93,7 +100,7 @@ def test_writes_expected_files(built):
     assert (root / "tokenizers" / "tiny_384_bpe.vocab").read_text().splitlines()[:4] == [
         "<pad>\t0", "<s>\t0", "</s>\t0", "<unk>\t0"]
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(manifest["files"]) + ["manifest.json"]
+    assert names == sorted(manifest["files"]) + ["manifest.json", "tokenizer.sha256"]
     assert manifest["splits"]["val"]["files"] == ["fineweb_val_000000.bin"]
     train = manifest["splits"]["train"]["files"]
     assert len(train) > 3 and train == [f"fineweb_train_{i:06d}.bin" for i in range(len(train))]
@@ -253,14 +260,18 @@ def test_refuses_a_vocab_the_text_cannot_reach(tmp_path, capsys):
     src = write_jsonl(tmp_path / "small.jsonl", make_docs(20))
     err = refused(capsys, src, "--output-root", tmp_path / "out", "--vocab-size", 4000)
     assert "--vocab-size 4000 cannot be reached on this text: SentencePiece stopped at" in err
-    err = refused(capsys, src, "--output-root", tmp_path / "out", "--vocab-size", 100)
-    assert "--vocab-size 100 is too small for this text: it needs at least" in err
+    err = refused(capsys, src, "--output-root", tmp_path / "out", "--vocab-size", 270)
+    assert "--vocab-size 270 is too small for this text: it needs at least" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_refuses_ids_that_do_not_fit_uint16(corpus, tmp_path, capsys):
-    err = refused(capsys, corpus[1], "--output-root", tmp_path, "--vocab-size", 70000)
-    assert err == "error: vocab size 70000 gives token ids that do not fit uint16 shards (max 65536)"
+    with pytest.raises(SystemExit) as exit_info:
+        build(corpus[1], "--output-root", tmp_path, "--vocab-size", 70000)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --vocab-size 70000 is out of range: give 260 (4 special ids + 256 byte pieces) to 65536 "
+        "(ids are stored as uint16) (see --help)\n")
     assert not list(tmp_path.iterdir())
 
 
@@ -300,7 +311,7 @@ def test_progress_on_long_inputs(corpus, tmp_path, capsys, monkeypatch):
     assert progress[-1].endswith("tokens written")
 
 
-def test_failed_build_leaves_the_old_dataset_untouched(built, corpus, tmp_path, monkeypatch):
+def test_failed_build_leaves_the_old_dataset_untouched(built, corpus, tmp_path, monkeypatch, capsys):
     model = built[0] / "tokenizers" / "tiny_384_bpe.model"
     args = [corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--name", "d", "--shard-tokens", 500]
     assert build(*args, "--val-docs", 5) == 0
@@ -313,8 +324,8 @@ def test_failed_build_leaves_the_old_dataset_untouched(built, corpus, tmp_path, 
         return real(path, data)
 
     monkeypatch.setattr(bd, "write_atomic", failing)
-    with pytest.raises(OSError, match="disk full"):
-        build(*args, "--val-docs", 7, "--overwrite")
+    assert build(*args, "--val-docs", 7, "--overwrite") == 1
+    assert capsys.readouterr().err == "error: disk full\n"
     assert snapshot(tmp_path) == before
     assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["d"]
 
@@ -345,8 +356,8 @@ def test_refuses_bad_splits_and_mismatched_vocab(built, corpus, tmp_path, capsys
 @pytest.mark.parametrize("args, message", [
     (["missing.txt"], "source missing.txt does not exist"),
     (["notes.md"], "only .txt and .jsonl files are supported"),
-    (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
-    (["--shard-tokens", "0"], "--shard-tokens must be between 1"),
+    (["--val-fraction", "1.5"], "--val-fraction 1.5 must be between 0 and 1"),
+    (["--shard-tokens", "0"], "--shard-tokens 0 is out of range: give 1 to 2147483647"),
     (["--val-docs", "3", "--val-fraction", "0.2"], "not allowed with argument"),
     (["--name", "../escape"], "--name '../escape' must be a plain folder name"),
 ])
@@ -354,15 +365,21 @@ def test_rejects_bad_flags(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         bd.main(args)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.endswith(" (see --help)\n")
 
 
 def test_cli_help_and_user_errors_without_traceback(tmp_path):
     help_run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0 and "--vocab-size" in help_run.stdout and "--verify" in help_run.stdout
-    run = subprocess.run([sys.executable, str(SCRIPT), "--output-root", str(tmp_path), "--vocab-size", "70000"],
-                         capture_output=True, text=True)
-    assert run.returncode == 2 and "Traceback" not in run.stderr and "do not fit uint16" in run.stderr
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one\n\ntwo\n\nthree")
+    run = subprocess.run([sys.executable, str(SCRIPT), str(corpus), "--split-paragraphs", "--val-docs", "3",
+                          "--output-root", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr == (
+        "error: 3 validation documents leave none for training (the input has 3); lower --val-docs/--val-fraction "
+        "or give more text\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
 
 
 # ---------------------------------------------------------------- verify
@@ -439,3 +456,191 @@ def test_verify_without_manifest_checks_headers_and_given_vocab(tmp_path, capsys
     empty = tmp_path / "empty"
     empty.mkdir()
     assert verify(empty, capsys)[0] == 1
+
+
+# ---------------------------------------------------------------- vocab 4096 / 8192 sample, tokenizer.sha256
+
+@pytest.mark.parametrize("vocab", [4096, 8192])
+def test_builtin_sample_at_the_frontier_vocab_sizes(tmp_path, capsys, vocab):
+    started = time.monotonic()
+    assert build("--vocab-size", vocab, "--output-root", tmp_path / "a") == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"building sample_sp{vocab} took {elapsed:.1f}s"
+    folder = tmp_path / "a" / "datasets" / f"sample_sp{vocab}"
+    model = tmp_path / "a" / "tokenizers" / f"sample_{vocab}_bpe.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert sp.vocab_size() == vocab and bd.tokenizer_problem(sp) is None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tokenizer"]["vocab_size"] == vocab
+    assert max(max(split_stream(folder, s)) for s in ("val", "train")) >= vocab // 2  # the upper ids are used
+    assert (folder / "tokenizer.sha256").read_text() == (
+        f"{hashlib.sha256(model.read_bytes()).hexdigest()}  sample_{vocab}_bpe.model\n")
+    assert (f"DATA_PATH={folder} TOKENIZER_PATH={model} VOCAB_SIZE={vocab}"
+            in capsys.readouterr().out.splitlines())
+    assert build("--vocab-size", vocab, "--output-root", tmp_path / "b") == 0  # deterministic
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+    assert bd.main(["--verify", str(folder)]) == 0
+
+
+def test_tokenizer_sha256_names_the_tokenizer_in_sha256sum_format(built):
+    root, folder, manifest = built
+    model = root / "tokenizers" / "tiny_384_bpe.model"
+    assert (folder / "tokenizer.sha256").read_bytes() == (
+        manifest["tokenizer"]["sha256"].encode() + b"  tiny_384_bpe.model\n")
+    assert manifest["tokenizer"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    if shutil.which("sha256sum"):
+        check = subprocess.run(["sha256sum", "--check", str(folder / "tokenizer.sha256")], cwd=model.parent,
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and check.stdout == "tiny_384_bpe.model: OK\n"
+
+
+def test_reused_tokenizer_is_named_in_tokenizer_sha256(built, corpus, tmp_path):
+    model = tmp_path / "renamed.model"
+    shutil.copy(built[0] / "tokenizers" / "tiny_384_bpe.model", model)
+    assert build(corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--val-docs", VAL_DOCS, "--name", "r") == 0
+    assert (tmp_path / "datasets" / "r" / "tokenizer.sha256").read_text() == (
+        f"{hashlib.sha256(model.read_bytes()).hexdigest()}  renamed.model\n")
+
+
+# ---------------------------------------------------------------- tokenizer refusals
+
+def small_model(path, **settings):
+    text = [line for doc in make_docs(60) for line in doc.splitlines() if line.strip()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, model_type="bpe", vocab_size=300,
+                                   hard_vocab_limit=False, num_threads=1, minloglevel=2, **settings)
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def test_refuses_a_tokenizer_without_byte_fallback(corpus, tmp_path, capsys):
+    model = small_model(tmp_path / "nobytes.model", byte_fallback=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3)
+    err = refused(capsys, corpus[1], "--output-root", tmp_path / "out", "--tokenizer", model)
+    assert err == (f"error: --tokenizer {model}: it cannot represent every byte: 256 of the 256 byte pieces "
+                   f"<0x00>..<0xFF> are missing (e.g. <0x00>), so text outside its pieces would become <unk>; "
+                   f"use a tokenizer trained with byte_fallback=True")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_tokenizer_with_other_bos_eos_ids(corpus, tmp_path, capsys):
+    model = small_model(tmp_path / "ids.model", byte_fallback=True, unk_id=0, bos_id=2, eos_id=3)
+    err = refused(capsys, corpus[1], "--output-root", tmp_path / "out", "--tokenizer", model)
+    assert err == (f"error: --tokenizer {model}: its BOS/EOS ids are 2/3 but the challenge's shards and trainer "
+                   f"use 1/2; use a tokenizer trained with bos_id=1 eos_id=2")
+    no_eos = small_model(tmp_path / "noeos.model", byte_fallback=True, pad_id=0, bos_id=1, eos_id=-1, unk_id=3)
+    assert "its BOS/EOS ids are 1/-1" in refused(capsys, corpus[1], "--output-root", tmp_path / "out",
+                                                 "--tokenizer", no_eos)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trained_tokenizer_is_checked_too(corpus, monkeypatch):
+    """The challenge's settings always give byte pieces and ids 1/2; the builder does not take it on trust."""
+    docs = make_docs(40)
+    assert bd.tokenizer_problem(spm.SentencePieceProcessor(model_proto=bd.train_tokenizer(iter(docs), 384))) is None
+    monkeypatch.setitem(bd.TRAINER_SETTINGS, "byte_fallback", False)
+    with pytest.raises(RuntimeError, match="the trained tokenizer is unusable: it cannot represent every byte"):
+        bd.train_tokenizer(iter(docs), 384)
+
+
+# ---------------------------------------------------------------- verify: <unk>, tokenizer.sha256
+
+def test_verify_reports_unknown_tokens(built, tmp_path, capsys):
+    (tmp_path / "fineweb_val_000000.bin").write_bytes(shard([1, 3, 50, 3, 1, 3]))
+    rc, lines = verify(tmp_path, capsys)
+    assert rc == 1 and lines[0] == (
+        "fineweb_val_000000.bin: 3 unknown token(s) (<unk>, id 3): the tokenizer that wrote it could not represent "
+        "some text (no byte fallback?); rebuild with one that has it")
+    folder = tmp_path / "d"
+    shutil.copytree(built[1], folder)
+    raw = bytearray((folder / "fineweb_train_000001.bin").read_bytes())
+    raw[1100:1102] = b"\x03\x00"
+    (folder / "fineweb_train_000001.bin").write_bytes(bytes(raw))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[0].startswith("fineweb_train_000001.bin: 1 unknown token(s) (<unk>, id 3)")
+
+
+def test_verify_checks_tokenizer_sha256(built, tmp_path, capsys):
+    root, _, manifest = built
+    shutil.copytree(root, tmp_path / "r")
+    folder = tmp_path / "r" / "datasets" / "tiny_sp384"
+    rc, lines = verify(folder, capsys)
+    assert rc == 0 and lines[0].endswith("; tokenizer.sha256 matches tiny_384_bpe.model")
+    model = tmp_path / "r" / "tokenizers" / "tiny_384_bpe.model"
+    model.write_bytes(model.read_bytes() + b"\0")  # the tokenizer was replaced after the build
+    rc, lines = verify(folder, capsys)
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert rc == 1 and lines[:-1] == [
+        f"tokenizer.sha256: {model} has sha256 {actual[:16]}..., not the recorded "
+        f"{manifest['tokenizer']['sha256'][:16]}... (the tokenizer was replaced; these shards need the one they "
+        f"were written with)"]
+    (folder / "tokenizer.sha256").write_text("abc  tiny_384_bpe.model\n")
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[0] == "tokenizer.sha256: not one line '<64 hex digits>  <tokenizer file name>'"
+
+
+def test_verify_checks_tokenizer_sha256_of_a_download(tmp_path, capsys):
+    folder = tmp_path / "datasets" / "fineweb10B_sp8192"
+    folder.mkdir(parents=True)
+    (folder / "fineweb_val_000000.bin").write_bytes(shard([1, 8191]))
+    (tmp_path / "tokenizers").mkdir()
+    (tmp_path / "tokenizers" / "fineweb_8192_bpe.model").write_bytes(b"model")
+    (folder / "tokenizer.sha256").write_text(f"{hashlib.sha256(b'model').hexdigest()}  fineweb_8192_bpe.model\n")
+    rc, lines = verify(folder, capsys)
+    assert rc == 0 and lines[0].endswith("no manifest (headers only); tokenizer.sha256 matches fineweb_8192_bpe.model")
+    (tmp_path / "tokenizers" / "fineweb_8192_bpe.model").write_bytes(b"other")
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[0].startswith("tokenizer.sha256: ") and "not the recorded" in lines[0]
+
+
+# ---------------------------------------------------------------- the table of bad inputs (tests/cases_data_scripts.py)
+
+def tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def listing(folder: Path) -> dict:
+    """Names, sizes and modification times (data/ may hold gigabytes of shards: no reading)."""
+    return {p.relative_to(folder).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def run_case(case, tmp: Path, sample: str):
+    def fill(text):
+        return text.replace("{tmp}", str(tmp)).replace("{sample}", sample)
+
+    tmp.mkdir()
+    if case.get("setup"):
+        getattr(cases, case["setup"])(tmp)
+    before = tree(tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MATCHED_FINEWEB_", "HF_"))}
+    env["HF_HUB_OFFLINE"] = "1"  # a guard: no case may reach the network
+    env.update({k: fill(v) for k, v in case.get("env", {}).items()})
+    run = subprocess.run([sys.executable, case["script"], *map(fill, case["args"])], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    problems = []
+    if run.returncode != case["code"]:
+        problems.append(f"exit status {run.returncode}, expected {case['code']}")
+    if fill(case["message"]) not in run.stderr:
+        problems.append(f"stderr lacks {fill(case['message'])!r}")
+    if run.stderr.count("\n") != 1 or not run.stderr.endswith("\n") or "Traceback" in run.stderr:
+        problems.append("stderr is not exactly one line")
+    if tree(tmp) != before:
+        problems.append("it changed the temporary folder")
+    return [f"{case['id']}: {p}; stderr={run.stderr!r}" for p in problems]
+
+
+def test_bad_input_cases(sample_data, tmp_path):
+    sample_root = Path(sample_data[0]).parent.parent
+    before = tree(sample_root)
+    table = cases.CASES
+    assert len(table) >= 20 and {c["script"] for c in table} == {"data/build_dataset.py",
+                                                                 "data/cached_challenge_fineweb.py"}
+    assert all(set(c) <= {"id", "script", "args", "env", "setup", "code", "message"} for c in table)
+    repo_data = listing(REPO / "data")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = pool.map(lambda c: run_case(c, tmp_path / c["id"], sample_data[0]), table)
+        failures = [line for result in results for line in result]
+    assert not failures, "\n".join(failures)
+    assert tree(sample_root) == before
+    assert listing(REPO / "data") == repo_data
