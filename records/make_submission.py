@@ -5,17 +5,22 @@
         --author "Ada L." --github-id ada --name Int6Bigram \\
         --blurb "10L int6 + BigramHash" --track 10min_16mb --compare-loss 1.93
 
-It reads the `summary_json:` line (and the header, periodic and final lines)
-of every log, prints one verdict line per check, then writes
-records/track_<track>/<date>_<name>/ or refuses with the reasons.
+It reads every log (header, periodic and final lines) and the run's summary: the
+logs/<RUN_ID>.json the log names on its `summary:` line, or, in logs written before
+that file existed, the log's `summary_json:` line. It prints one verdict line per check,
+then writes records/track_<track>/<date>_<name>/ or refuses with the reasons.
+Exit status: 0 written (or --check-only passed), 1 refused by a check, 2 a bad argument
+or unusable input file (one line each, nothing written).
 See records/README.md for the workflow and what each check means.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import datetime as dt
 import hashlib
+import inspect
 import json
 import lzma
 import math
@@ -27,9 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PROG = "make_submission.py"
 SIZE_CAP = 16_000_000
 TIME_LIMIT_S = 600.0
 MIN_GAIN_NATS = 0.005
@@ -41,7 +48,7 @@ PER_RUN_SETTINGS = frozenset({
     "SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "ARTIFACT_PATH",
     "CHECKPOINT_PATH", "CHECKPOINT_EVERY", "RESUME_FROM",
 })
-# Keys of summary_json and the type each must have (int also accepted for float).
+# Keys of the run summary and the type each must have (int also accepted for float).
 SUMMARY_KEYS = {
     "run_id": str, "mode": str, "seed": int, "code_sha256": str, "code_bytes": int,
     "config": dict, "non_default": dict, "launch": str, "world_size": int,
@@ -54,13 +61,27 @@ SUMMARY_KEYS = {
     "total_eval_time_s": float, "artifact_bytes": int, "bytes_total": int,
     "size_cap": int, "over_cap": bool, "artifact_path": str,
 }
+# Optional keys of newer summaries: package versions, a string or null (null = not installed).
+VERSION_KEYS = ("cuda", "flash_attn", "numpy", "sentencepiece", "zstandard")
+# The challenge's name for the final score; train_gpt.py's last log line repeats its own score under it.
+OFFICIAL_LINE = "final_int8_zlib_roundtrip_exact"
+NOT_SCORE_LINES = frozenset({"final_prequant_exact", "final_roundtrip_exact", OFFICIAL_LINE})
 PACK_HEAD = b'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("'
 PACK_TAIL = b'")))\n'
+PLOT_KEY = "parameter_golf_plot"  # PNG text chunk holding what the plot shows, as JSON
 ROOT = Path(__file__).resolve().parent.parent
+LOG_FIX = "give the logs/<RUN_ID>.txt files that train_gpt.py wrote, one per seed"
 
 
-class Refusal(Exception):
-    """A reason not to write the folder."""
+class InputError(Exception):
+    """A bad argument or an unusable input file: one line per message, exit 2, nothing written."""
+
+    def __init__(self, *messages: str):
+        super().__init__(*messages)
+        self.messages = list(messages)
+
+    def __str__(self):
+        return "; ".join(self.messages)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -68,15 +89,30 @@ class Refusal(Exception):
 class Run:
     path: Path
     summary: dict
+    summary_path: Path | None = None   # the summary .json file; None: the log's summary_json line
+    summary_ref: str | None = None     # what the log's `summary:` line names
+    summary_line: dict | None = None   # the summary_json line's object, when the .json was read instead
     headers: list = field(default_factory=list)       # [{"run_id":..,"mode":..}]
     code_headers: list = field(default_factory=list)  # [{"sha256":..,"bytes":..}]
     finals: dict = field(default_factory=dict)        # "final_sliding_exact" -> fields
+    final_order: list = field(default_factory=list)   # names of the final_* lines, in log order
     train_loss: dict = field(default_factory=dict)    # step -> train_loss
     val_bpb: dict = field(default_factory=dict)       # step -> val_bpb (periodic)
+    versions: dict = field(default_factory=dict)      # the `versions` header line
+    attention: str | None = None                      # the `device ... attention:` header field
+    model_params: int | None = None
+    peak_memory: dict | None = None                   # {"allocated_mib":.., "reserved_mib":..}
+    total_size: int | None = None                     # `Total submission size: N bytes`
+    last_line: str = ""
 
     @property
     def seed(self) -> int:
         return self.summary["seed"]
+
+    @property
+    def new_format(self) -> bool:
+        """Written by a train_gpt.py that keeps the summary in a .json file."""
+        return self.summary_ref is not None or self.summary_path is not None
 
 
 def _fields(tokens) -> dict:
@@ -96,67 +132,187 @@ def _num(text: str) -> float:
     return float(text)
 
 
-def parse_log(path) -> Run:
-    """Parse one train_gpt.py log. Raises Refusal if it cannot be packaged."""
-    path = Path(path)
-    if not path.is_file():
-        raise Refusal(f"log {path}: file not found")
+PEAK_RE = re.compile(r"peak memory allocated:\s*([0-9.]+)\s*MiB\s+reserved:\s*([0-9.]+)\s*MiB")
+TOTAL_RE = re.compile(r"Total submission size:\s*(\d+)\s*bytes")
+
+
+def _read_lines(run: Run) -> str | None:
+    """Fill `run` from the log's lines; returns the text of its last summary_json line."""
     summary_text = None
-    run = Run(path=path, summary={})
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = raw.strip()
-        tokens = line.split()
-        if not tokens:
-            continue
-        head = tokens[0]
-        try:
-            if line.startswith("summary_json:"):
-                summary_text = line[len("summary_json:"):].strip()
-            elif head == "train_gpt":
-                run.headers.append(_fields(tokens[1:]))
-            elif head == "code" and len(tokens) >= 3 and tokens[1].startswith("sha256:"):
-                f = _fields(tokens[1:])
-                run.code_headers.append({"sha256": f["sha256"], "bytes": int(f["bytes"])})
-            elif head.startswith("step:"):
-                f = _fields(tokens)
-                step = int(f["step"].split("/")[0])
-                if "train_loss" in f:
-                    run.train_loss[step] = _num(f["train_loss"])
-                if "val_bpb" in f:
-                    run.val_bpb[step] = _num(f["val_bpb"])
-            elif head.startswith("final_"):
-                run.finals[head] = {k: _num(v) if k != "status" else v
-                                    for k, v in _fields(tokens[1:]).items()}
-        except (KeyError, ValueError):
-            continue  # a line that only looks like ours; the summary is what counts
-    if summary_text is None:
-        raise Refusal(f"log {path}: no summary_json line - the run is truncated "
-                      "(it died or is still running)")
+    with open(run.path, encoding="utf-8", errors="replace") as fh:
+        for raw in fh:
+            line = raw.strip()
+            tokens = line.split()
+            if not tokens:
+                continue
+            run.last_line = line
+            head = tokens[0]
+            try:
+                if line.startswith("summary_json:"):
+                    summary_text = line[len("summary_json:"):].strip()
+                elif head == "summary:" and len(tokens) >= 2:
+                    run.summary_ref = line[len("summary:"):].strip()
+                elif head == "train_gpt":
+                    run.headers.append(_fields(tokens[1:]))
+                elif head == "code" and len(tokens) >= 3 and tokens[1].startswith("sha256:"):
+                    f = _fields(tokens[1:])
+                    run.code_headers.append({"sha256": f["sha256"], "bytes": int(f["bytes"])})
+                elif head == "versions":
+                    run.versions.update(_fields(tokens[1:]))
+                elif head == "device" and "attention" in (f := _fields(tokens[1:])):
+                    run.attention = f["attention"]
+                elif head.startswith("model_params:"):
+                    run.model_params = int(head.split(":", 1)[1])
+                elif head == "model" and len(tokens) >= 2 and tokens[1].startswith("params:"):
+                    run.model_params = int(tokens[1].split(":", 1)[1])
+                elif line.startswith("peak memory allocated:") and (m := PEAK_RE.match(line)):
+                    run.peak_memory = {"allocated_mib": float(m.group(1)),
+                                       "reserved_mib": float(m.group(2))}
+                elif line.startswith("Total submission size:") and (m := TOTAL_RE.match(line)):
+                    run.total_size = int(m.group(1))
+                elif head.startswith("step:"):
+                    f = _fields(tokens)
+                    step = int(f["step"].split("/")[0])
+                    if "train_loss" in f:
+                        run.train_loss[step] = _num(f["train_loss"])
+                    if "val_bpb" in f:
+                        run.val_bpb[step] = _num(f["val_bpb"])
+                elif head.startswith("final_"):
+                    run.finals[head] = {k: _num(v) if k != "status" else v
+                                        for k, v in _fields(tokens[1:]).items()}
+                    run.final_order.append(head)
+            except (KeyError, ValueError, IndexError):
+                continue  # a line that only looks like ours; the summary is what counts
+    return summary_text
+
+
+def _summary_file(log: Path, ref: str | None) -> Path | None:
+    """The summary .json of a log: the file its `summary:` line names, looked for next to the
+    log, then where the line says (when absolute), else <log stem>.json next to the log."""
+    candidates = []
+    if ref:
+        named = Path(ref)
+        candidates.append(log.parent / named.name)
+        if named.is_absolute():
+            candidates.append(named)
+    candidates.append(log.with_suffix(".json"))
+    for c in candidates:
+        if c != log and (c.exists() or c.is_symlink()):
+            return c
+    return None
+
+
+def _json_object(text: str, where: str, fix: str) -> dict:
     try:
-        summary = json.loads(summary_text)
-    except json.JSONDecodeError as e:
-        raise Refusal(f"log {path}: summary_json is not valid JSON ({e})") from None
-    if not isinstance(summary, dict):
-        raise Refusal(f"log {path}: summary_json is not a JSON object")
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{where} is not valid JSON ({str(e)[:120]}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where} is not a JSON object (it is a {type(obj).__name__}); {fix}")
+    return obj
+
+
+def _check_summary(summary: dict, where: str, fix: str) -> None:
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
-        raise Refusal(f"log {path}: summary_json lacks {', '.join(missing)}")
+        raise InputError(f"{where} lacks {', '.join(missing)}; {fix}")
     for key, typ in SUMMARY_KEYS.items():
         value = summary[key]
         ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
         if typ is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
-            raise Refusal(f"log {path}: summary_json {key}={value!r} is not {typ.__name__}")
+            raise InputError(f"{where}: {key}={str(repr(value))[:60]} is not {typ.__name__}; {fix}")
+    for key in VERSION_KEYS + ("python", "torch"):
+        if key in summary and not (summary[key] is None or isinstance(summary[key], str)):
+            raise InputError(f"{where}: {key}={summary[key]!r} is not a version string or null; {fix}")
+    packages = summary.get("compressor_packages")
+    if packages is not None and not (isinstance(packages, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in packages.items())):
+        raise InputError(f"{where}: compressor_packages is not an object of name: version; {fix}")
+
+
+def parse_log(path) -> Run:
+    """Parse one train_gpt.py log and its summary. Raises InputError if it cannot be packaged."""
+    path = Path(path)
+    what = f"log {path}"
+    if not path.exists():
+        raise InputError(f"{what} does not exist; {LOG_FIX}")
+    if path.is_dir():
+        raise InputError(f"{what} is a directory, not a log file; {LOG_FIX}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a regular file; {LOG_FIX}")
+    run = Run(path=path, summary={})
+    try:
+        summary_text = _read_lines(run)
+    except OSError as e:
+        raise InputError(f"{what} cannot be read ({e.strerror or e}); check its permissions") from None
+    if not run.headers:
+        raise InputError(f"{what} is not a train_gpt.py log (no 'train_gpt run_id:... mode:...' "
+                         f"header line); {LOG_FIX}")
+    json_path = _summary_file(path, run.summary_ref)
+    if json_path is not None:
+        where = f"summary {json_path} (of log {path})"
+        fix = "it is the .json train_gpt.py writes when the run ends: restore it, or rerun"
+        if json_path.is_dir():
+            raise InputError(f"{where} is a directory, not a file; {fix}")
+        try:
+            text = json_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{where} is not UTF-8 text; {fix}") from None
+        except OSError as e:
+            raise InputError(f"{where} cannot be read ({e.strerror or e}); {fix}") from None
+        summary = _json_object(text, where, fix)
+        run.summary_path = json_path
+        if summary_text is not None:
+            try:
+                run.summary_line = json.loads(summary_text)
+            except (ValueError, RecursionError):
+                run.summary_line = {"(not valid JSON)": summary_text[:40]}
+    elif summary_text is not None:
+        where = f"log {path}: its summary_json line"
+        fix = "it is written when the run ends: restore the log, or rerun"
+        summary = _json_object(summary_text, where, fix)
+    elif run.summary_ref:
+        raise InputError(f"{what} names its summary {run.summary_ref} (on its 'summary:' line) but "
+                         f"neither {path.parent / Path(run.summary_ref).name} nor "
+                         f"{path.with_suffix('.json')} exists; copy that .json next to the log")
+    else:
+        raise InputError(f"{what} has no summary (no 'summary: <file>.json' line, no "
+                         f"{path.with_suffix('.json').name} next to it, no 'summary_json:' line): "
+                         "the run did not finish (it died or is still running); package finished runs")
+    _check_summary(summary, where, fix)
+    logged_id = run.headers[-1].get("run_id")
+    if logged_id is not None and summary["run_id"] != logged_id:
+        raise InputError(f"{where} is of run_id {summary['run_id']!r} but the log's header says "
+                         f"run_id:{logged_id}: it belongs to another run; {fix}")
+    if summary["mode"] == "eval_only":
+        raise InputError(f"{what} is an EVAL_ONLY run (mode eval_only); package the training runs' "
+                         "logs (logs/<RUN_ID>.txt, mode train)")
     if summary["mode"] != "train":
-        raise Refusal(f"log {path}: mode is {summary['mode']!r}; only training runs "
-                      "(mode 'train') can be packaged")
+        raise InputError(f"{what}: mode is {summary['mode']!r}; only training runs (mode 'train') "
+                         f"can be packaged; {LOG_FIX}")
     run.summary = summary
     return run
 
 
+def _same(a, b) -> bool:
+    """Equal to the printed 8 decimals."""
+    return a is not None and b is not None and abs(a - b) <= 1e-8
+
+
+def score_line(run: Run) -> str | None:
+    """The log's own final score line: the last final_*_exact line (other than the pre-quant,
+    round-trip and official alias lines) that prints the summary's val_loss and val_bpb."""
+    s = run.summary
+    ok = [n for n in run.final_order if n.endswith("_exact") and n not in NOT_SCORE_LINES
+          and _same(run.finals[n].get("val_loss"), s["val_loss"])
+          and _same(run.finals[n].get("val_bpb"), s["val_bpb"])]
+    return ok[-1] if ok else None
+
+
 def consistency_problems(run: Run) -> list[str]:
-    """Where the log's printed lines disagree with its summary_json."""
+    """Where the log's printed lines disagree with its summary."""
     s, problems = run.summary, []
     for h in run.code_headers:
         if (h["sha256"], h["bytes"]) != (s["code_sha256"], s["code_bytes"]):
@@ -164,25 +320,44 @@ def consistency_problems(run: Run) -> list[str]:
                             f"!= summary {s['code_sha256'][:12]} {s['code_bytes']}")
     if not run.code_headers:
         problems.append("no 'code sha256:' header line")
-    expected = {
-        "final_prequant_exact": ("prequant_val_loss", "prequant_val_bpb", None),
-        "final_roundtrip_exact": ("roundtrip_val_loss", "roundtrip_val_bpb", None),
-        "final_sliding_exact": ("val_loss", "val_bpb", "eval_time_s"),
-    }
-    for name, (loss_key, bpb_key, time_key) in expected.items():
+    for name, loss_key, bpb_key in (("final_prequant_exact", "prequant_val_loss", "prequant_val_bpb"),
+                                    ("final_roundtrip_exact", "roundtrip_val_loss", "roundtrip_val_bpb")):
         f = run.finals.get(name)
         if f is None:
             problems.append(f"no {name} line")
             continue
         for field_, key in (("val_loss", loss_key), ("val_bpb", bpb_key)):
-            if field_ not in f or abs(f[field_] - s[key]) > 1e-8:  # printed with 8 decimals
+            if not _same(f.get(field_), s[key]):
                 problems.append(f"{name} {field_}:{f.get(field_)} != summary {key} {s[key]}")
-        if time_key and abs(f.get("eval_time", -1e9) / 1000 - s[time_key]) > 0.0015:
+    name = score_line(run)
+    if name is None:
+        shown = [n for n in run.final_order if n.endswith("_exact") and n not in NOT_SCORE_LINES]
+        if not shown:
+            problems.append("no final score line (final_sliding_exact or another final_*_exact)")
+        else:
+            f = run.finals[shown[-1]]
+            problems.append(f"{shown[-1]} val_loss:{f.get('val_loss')} val_bpb:{f.get('val_bpb')} "
+                            f"!= summary val_loss {s['val_loss']} val_bpb {s['val_bpb']}")
+    elif name == "final_sliding_exact":
+        f = run.finals[name]
+        if abs(f.get("eval_time", -1e9) / 1000 - s["eval_time_s"]) > 0.0015:
             problems.append(f"{name} eval_time:{f.get('eval_time')}ms != summary "
-                            f"{time_key} {s[time_key]}")
-        if name == "final_sliding_exact" and f.get("stride") != s["eval_stride"]:
+                            f"eval_time_s {s['eval_time_s']}")
+        if f.get("stride") != s["eval_stride"]:
             problems.append(f"{name} stride:{f.get('stride')} != summary eval_stride "
                             f"{s['eval_stride']}")
+    alias = run.finals.get(OFFICIAL_LINE)
+    if alias is None:
+        if run.new_format:
+            problems.append(f"no {OFFICIAL_LINE} line (the official score line that ends a "
+                            "finished log)")
+    else:
+        for field_ in ("val_loss", "val_bpb"):
+            if not _same(alias.get(field_), s[field_]):
+                problems.append(f"{OFFICIAL_LINE} {field_}:{alias.get(field_)} != summary "
+                                f"{field_} {s[field_]}")
+        if not run.last_line.startswith(OFFICIAL_LINE + " "):
+            problems.append(f"{OFFICIAL_LINE} is not the last line of the log")
     f = run.finals.get("final_size")
     if f is None:
         problems.append("no final_size line")
@@ -195,6 +370,11 @@ def consistency_problems(run: Run) -> list[str]:
         if f.get("status") != ("OVER_CAP" if s["over_cap"] else "ok"):
             problems.append(f"final_size status:{f.get('status')} but summary over_cap "
                             f"{s['over_cap']}")
+    if run.total_size is not None and run.total_size != s["bytes_total"]:
+        problems.append(f"'Total submission size: {run.total_size} bytes' != summary bytes_total "
+                        f"{s['bytes_total']}")
+    if run.summary_line is not None and run.summary_line != s:
+        problems.append(f"the summary_json line differs from {run.summary_path.name}")
     if s["bytes_total"] != s["code_bytes"] + s["artifact_bytes"]:
         problems.append(f"bytes_total {s['bytes_total']} != code_bytes + artifact_bytes")
     for key in ("val_loss", "val_bpb", "roundtrip_val_bpb", "prequant_val_bpb"):
@@ -228,12 +408,92 @@ def significance(losses, compare_loss: float, min_gain=MIN_GAIN_NATS, alpha=ALPH
     try:
         from scipy import stats
     except ImportError:
-        raise SystemExit("make_submission: scipy is needed for --compare-loss "
-                         "(pip install scipy)") from None
+        raise InputError("scipy is not installed; --compare-loss needs it for the t-test: "
+                         "pip install scipy (or leave out --compare-loss)") from None
     res = stats.ttest_1samp(gains, popmean=min_gain, alternative="greater")
     out["t_statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
     out["passed"] = out["p_value"] < alpha
     return out
+
+
+# ----------------------------------------------------------------------------- versions
+def run_versions(run: Run) -> dict:
+    """Package versions of a run: the summary's keys, else the log's `versions` line.
+    A key is absent when neither logged it; None means "not installed" (e.g. no CUDA)."""
+    s = run.summary
+    v = {k: run.versions[k] for k in ("numpy", "sentencepiece", "zstandard") if run.versions.get(k)}
+    v.update(python=s["python"], torch=s["torch"])
+    for key in VERSION_KEYS:
+        if key in s:
+            v[key] = s[key]
+    for name, version in sorted((s.get("compressor_packages") or {}).items()):
+        v[f"pkg:{name}"] = version
+    if run.attention:
+        v["attention"] = run.attention
+    return v
+
+
+def _torch_lines(torch: str, cuda) -> list[str]:
+    public, _, local = torch.partition("+")
+    if local and re.fullmatch(r"cu\d+|cpu|rocm[0-9.]+|xpu", local):
+        return [f"# torch {torch} comes from the PyTorch index",
+                f"--extra-index-url https://download.pytorch.org/whl/{local}", f"torch=={torch}"]
+    if local:
+        release = re.match(r"\d+(?:\.\d+)*", public)
+        return [f"# the runs used torch {torch}, a vendor build (e.g. a container's) that pip cannot "
+                "install; the nearest release:", f"torch=={release.group(0) if release else public}"]
+    return [f"torch=={torch}" + (f"  # its CUDA {cuda} build" if cuda else "")]
+
+
+def requirements_txt(runs: list[Run]) -> str:
+    """requirements.txt pinning what the first run used (the `versions` check compares runs)."""
+    v = run_versions(runs[0])
+    cuda = v.get("cuda")
+    lines = ["# The exact package versions of the runs in this folder, as their logs report them.",
+             f"# Python {v['python']}; CUDA {cuda if cuda else ('none' if 'cuda' in v else 'not logged')}."
+             " Install: pip install -r requirements.txt"]
+    lines += _torch_lines(v["torch"], cuda)
+    for name in ("numpy", "sentencepiece", "zstandard"):
+        lines.append(f"{name}=={v[name]}" if v.get(name) else f"{name}  # version not in the logs")
+    flash, attention = v.get("flash_attn"), v.get("attention")
+    if flash:
+        if attention == "fa3":
+            lines.append(f"# FlashAttention 3 ({flash}) is built from source: see README.md, Setup")
+        elif attention == "sdpa":
+            lines.append(f"# flash-attn {flash} was installed but unused (attention: PyTorch SDPA)")
+        else:
+            lines.append(f"flash-attn=={flash}  # compiles against torch: pip install "
+                         f"flash-attn=={flash} --no-build-isolation")
+    for key, version in v.items():
+        if key.startswith("pkg:"):
+            name = key[4:]
+            lines.append(f"{name}=={version}" if version else f"{name}  # version not logged")
+    return "\n".join(lines) + "\n"
+
+
+def _version_text(v: dict) -> str:
+    parts = [f"python {v['python']}", f"torch {v['torch']}"]
+    if "cuda" in v:
+        parts.append(f"CUDA {v['cuda'] or 'none'}")
+    if "flash_attn" in v:
+        parts.append(f"flash_attn {v['flash_attn'] or 'none'}")
+    parts += [f"{k[4:] if k.startswith('pkg:') else k} {val}" for k, val in v.items()
+              if k not in ("python", "torch", "cuda", "flash_attn") and val]
+    return ", ".join(parts)
+
+
+def versions_check(runs: list[Run]) -> "Check":
+    per = [run_versions(r) for r in runs]
+    keys = sorted({k for v in per for k in v})
+    differ = [f"{k} ({', '.join(f'seed {r.seed}: {v.get(k)}' for r, v in zip(runs, per))})"
+              for k in keys if len({str(v.get(k)) for v in per}) > 1]
+    missing = [k for k in ("numpy", "sentencepiece", "zstandard", "cuda") if k not in per[0]]
+    note = f"; not in the logs: {', '.join(missing)}" if missing else ""
+    if differ:
+        return Check("versions", "WARN", "runs differ: " + "; ".join(differ) +
+                     f"; requirements.txt pins seed {runs[0].seed}'s{note}", blocking=False)
+    return Check("versions", "PASS", f"all {len(runs)} runs: {_version_text(per[0])}{note}",
+                 blocking=False)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -250,6 +510,90 @@ def unpack_source(packed: bytes) -> bytes:
     if not m:
         raise ValueError("not a packed script")
     return lzma.decompress(base64.b85decode(m.group(1)))
+
+
+# python-minifier settings that keep every name another module, the environment-variable
+# configuration (dataclass fields) or a keyword call can see: no global renaming, class
+# attribute annotations kept, asserts and `if __debug__` kept, no literal hoisting (it makes
+# the compressed script larger). Local names are shortened; comments, docstrings (unless the
+# code reads __doc__), other annotations, `pass` and `return None` go.
+MINIFY_OPTIONS = dict(rename_globals=False, rename_locals=True, hoist_literals=False,
+                      remove_literal_statements=True, remove_asserts=False, remove_debug=False,
+                      combine_imports=True, remove_pass=True, remove_object_base=True,
+                      convert_posargs_to_args=True, remove_explicit_return_none=True,
+                      remove_builtin_exception_brackets=True, constant_folding=True,
+                      preserve_shebang=True)
+
+
+def _interface(tree: ast.Module) -> set[str]:
+    """Names a module exposes: its top-level bindings and each top-level class's attributes."""
+    names = set()
+
+    def targets(node):
+        if isinstance(node, ast.Name):
+            yield node.id
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            for elt in node.elts:
+                yield from targets(elt)
+
+    def walk(body, prefix):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(prefix + node.name)
+            elif isinstance(node, ast.ClassDef):
+                names.add(prefix + node.name)
+                if not prefix:
+                    walk(node.body, node.name + ".")
+            elif isinstance(node, ast.Assign):
+                names.update(prefix + n for t in node.targets for n in targets(t))
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                names.update(prefix + n for n in targets(node.target))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update(prefix + (a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                for part in ("body", "orelse", "finalbody"):
+                    walk(getattr(node, part, []), prefix)
+                for h in getattr(node, "handlers", []):
+                    walk(h.body, prefix)
+    walk(tree.body, "")
+    return names
+
+
+def minify_source(src: bytes) -> tuple[bytes | None, str]:
+    """(minified source or None, what happened). None when python-minifier is missing or
+    fails, or when its output would drop a module-level name or class attribute."""
+    try:
+        import python_minifier
+    except ImportError:
+        return None, ("python-minifier is not installed (pip install python-minifier): "
+                      "packing the source without minifying it")
+    try:
+        from importlib.metadata import version
+        tool = f"python-minifier {version('python-minifier')}"
+    except Exception:
+        tool = "python-minifier"
+    try:
+        text = src.decode("utf-8")
+        keep_docs = bool(re.search(r"__doc__|getdoc\b", text))
+        options = {**MINIFY_OPTIONS, "remove_literal_statements": not keep_docs}
+        params = inspect.signature(python_minifier.minify).parameters
+        if hasattr(python_minifier, "RemoveAnnotationsOptions"):
+            options["remove_annotations"] = python_minifier.RemoveAnnotationsOptions(
+                remove_variable_annotations=True, remove_return_annotations=True,
+                remove_argument_annotations=True, remove_class_attribute_annotations=False)
+        else:  # an old release would also strip the annotations dataclasses need
+            options["remove_annotations"] = False
+        missing = [k for k in ("rename_globals", "remove_asserts", "remove_debug") if k not in params]
+        if missing:
+            return None, f"{tool} lacks the options {', '.join(missing)}: packing unminified"
+        out = python_minifier.minify(text, **{k: v for k, v in options.items() if k in params})
+        lost = _interface(ast.parse(text)) - _interface(ast.parse(out))
+    except Exception as e:  # any failure of an optional tool: ship the plain source
+        return None, f"{tool} failed ({type(e).__name__}: {str(e)[:80]}): packing unminified"
+    if lost:
+        return None, (f"{tool} dropped {', '.join(sorted(lost)[:5])}: packing unminified")
+    return out.encode("utf-8"), (f"{tool}: {len(src):,} -> {len(out.encode()):,} bytes"
+                                 + ("; docstrings kept (the code reads __doc__)" if keep_docs else ""))
 
 
 def launch_env(launch: str) -> dict:
@@ -283,11 +627,15 @@ def dry_run_outputs(scripts: list[bytes], env: dict, timeout=300) -> list[subpro
     return results
 
 
-def check_packed(original: bytes, packed: bytes, env: dict) -> tuple[bool, str]:
-    """Does `packed` decompress to `original` and print the same DRY_RUN output?"""
+def check_packed(original: bytes, packed: bytes, env: dict,
+                 payload: bytes | None = None) -> tuple[bool, str]:
+    """Does `packed` decompress to `payload` (the original, or its minified form) and print the
+    same DRY_RUN output as the original?"""
+    payload = original if payload is None else payload
+    what = "the original bytes" if payload == original else "the minified source"
     try:
-        if unpack_source(packed) != original:
-            return False, "the packed script does not decompress to the original bytes"
+        if unpack_source(packed) != payload:
+            return False, f"the packed script does not decompress to {what}"
     except (ValueError, lzma.LZMAError) as e:
         return False, f"the packed script cannot be decompressed ({e})"
     try:
@@ -307,7 +655,8 @@ def check_packed(original: bytes, packed: bytes, env: dict) -> tuple[bool, str]:
     if a != b:
         diff = next(f"{x!r} vs {y!r}" for x, y in zip(a + [""], b + [""]) if x != y)
         return False, f"DRY_RUN=1 output differs: {diff}"
-    return True, f"decompresses to the logged code; DRY_RUN=1 prints the same {len(a)} lines"
+    return True, (f"decompresses to {'the logged code' if payload == original else 'its minified form'}"
+                  f"; DRY_RUN=1 prints the same {len(a)} lines")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -334,7 +683,7 @@ def _seeds(runs, pred) -> str:
     return ", ".join(f"seed {r.seed}" for r in runs if pred(r))
 
 
-def check_runs(runs: list[Run], track: str, code: bytes | None, code_path: Path,
+def check_runs(runs: list[Run], track: str, code: bytes, code_path: Path,
                shipped_code_bytes: int, allow_over_cap: bool) -> list[Check]:
     record = track == RECORD_TRACK
     checks = []
@@ -343,7 +692,7 @@ def check_runs(runs: list[Run], track: str, code: bytes | None, code_path: Path,
     bad = {k: v for k, v in bad.items() if v}
     checks.append(Check("log_consistency", "FAIL" if bad else "PASS",
                         "; ".join(f"seed {k}: {', '.join(v)}" for k, v in bad.items())
-                        or f"header and final lines of all {len(runs)} logs agree with summary_json"))
+                        or f"header and final lines of all {len(runs)} logs agree with their summaries"))
 
     versions = {(r.summary["code_sha256"], r.summary["code_bytes"]) for r in runs}
     if len(versions) == 1:
@@ -378,9 +727,7 @@ def check_runs(runs: list[Run], track: str, code: bytes | None, code_path: Path,
                         f"seeds {', '.join(map(str, seeds))}"))
 
     sha = runs[0].summary["code_sha256"]
-    if code is None:
-        checks.append(Check("shipped_code", "FAIL", f"{_show(code_path)} not found (see --code)"))
-    elif hashlib.sha256(code).hexdigest() != sha or len(code) != runs[0].summary["code_bytes"]:
+    if hashlib.sha256(code).hexdigest() != sha or len(code) != runs[0].summary["code_bytes"]:
         checks.append(Check("shipped_code", "FAIL", f"{_show(code_path)} has sha256 "
                             f"{hashlib.sha256(code).hexdigest()[:16]} ({len(code):,} bytes), "
                             f"the logs were made by {sha[:16]} "
@@ -430,42 +777,117 @@ def check_runs(runs: list[Run], track: str, code: bytes | None, code_path: Path,
                         f"VAL_MAX_TOKENS truncated the validation split ({partial}): "
                         "the score is unofficial" if partial else
                         f"whole validation split scored ({runs[0].summary['val_tokens']:,} tokens)"))
+    checks.append(versions_check(runs))
     return checks
 
 
 # ----------------------------------------------------------------------------- outputs
-def plot_curves(runs: list[Run], png: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("make_submission: matplotlib is needed for the training-curve "
-                         "plot (pip install matplotlib)") from None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
+def _limits(values) -> list[float] | None:
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = (hi - lo) * 0.08 or max(abs(hi) * 0.01, 1e-3)
+    return [lo - pad, hi + pad]
+
+
+def plot_curves(runs: list[Run], png: Path, compare_bpb: float | None = None) -> dict:
+    """Train loss and val_bpb against step; returns what was plotted, which is also stored as
+    JSON in the PNG's text chunk PLOT_KEY (read it back with png_text)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    last = max([r.summary["steps"] for r in runs] + [max(r.train_loss, default=0) for r in runs]
+               + [max(r.val_bpb, default=0) for r in runs])
+    clip = int(0.1 * last)  # the first 10% of steps do not set the y-limits
+    meta = {"clip_from_step": clip, "x_max": last,
+            "train_loss": {"series": [], "ylim": None},
+            "val_bpb": {"series": [], "finals": [], "compare_bpb": compare_bpb, "ylim": None}}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    train_all, train_late, bpb_all, bpb_late = [], [], [], []
+    for i, r in enumerate(runs):
+        color, label = f"C{i % 10}", f"seed {r.seed}"
         steps = sorted(r.train_loss)
-        ax1.plot(steps, [r.train_loss[s] for s in steps], lw=1, label=f"seed {r.seed}")
+        ax1.plot(steps, [r.train_loss[s] for s in steps], lw=1, color=color, label=label)
+        train_all += [r.train_loss[s] for s in steps]
+        train_late += [r.train_loss[s] for s in steps if s >= clip]
+        meta["train_loss"]["series"].append({"name": label, "points": len(steps)})
         steps = sorted(r.val_bpb)
-        ax2.plot(steps, [r.val_bpb[s] for s in steps], marker="o", ms=3, lw=1,
-                 label=f"seed {r.seed}")
-    ax1.set(xlabel="step", ylabel="train loss (nats)", title="train loss")
-    ax2.set(xlabel="step", ylabel="val_bpb", title="val_bpb (periodic eval, unquantised)")
-    for ax in (ax1, ax2):
+        ax2.plot(steps, [r.val_bpb[s] for s in steps], marker="o", ms=3, lw=1, color=color,
+                 label=f"{label} (periodic, unquantised)")
+        bpb_all += [r.val_bpb[s] for s in steps]
+        bpb_late += [r.val_bpb[s] for s in steps if s >= clip]
+        meta["val_bpb"]["series"].append({"name": label, "points": len(steps)})
+        final, at = r.summary["val_bpb"], r.summary["steps"]
+        ax2.plot([at], [final], ls="none", marker="*", ms=13, color=color, mec="black", mew=0.6,
+                 label=f"{label} final {final:.5f}")
+        ax2.annotate(f"{final:.5f}", (at, final), textcoords="offset points",
+                     xytext=(-8, 6 + 11 * i), ha="right", fontsize=7, color=color)
+        meta["val_bpb"]["finals"].append({"name": label, "step": at, "val_bpb": final,
+                                          "line": score_line(r)})
+    finals = [r.summary["val_bpb"] for r in runs]
+    if compare_bpb is not None:
+        ax2.axhline(compare_bpb, color="black", ls="--", lw=1,
+                    label=f"record to beat {compare_bpb:.5f}")
+    extra = finals + ([compare_bpb] if compare_bpb is not None else [])
+    ylims = (_limits(train_late) or _limits(train_all),
+             _limits((bpb_late or bpb_all) + extra))
+    for ax, ylim, key in ((ax1, ylims[0], "train_loss"), (ax2, ylims[1], "val_bpb")):
+        if ylim:
+            ax.set_ylim(*ylim)
+            meta[key]["ylim"] = ylim
+        ax.set_xlim(-0.02 * max(last, 1), 1.04 * max(last, 1))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
+    ax1.set(xlabel="step", ylabel="train loss (nats)", title="train loss")
+    ax2.set(xlabel="step", ylabel="val_bpb",
+            title="val_bpb: periodic (unquantised); final score (star)")
     cpu = any(r.summary["device"] != "cuda" for r in runs)
-    fig.suptitle(runs[0].summary["hardware"] + (" - CPU smoke run" if cpu else ""), fontsize=9)
+    fig.suptitle(runs[0].summary["hardware"] + (" - CPU smoke run" if cpu else "")
+                 + (f"; y-axes scaled to steps >= {clip} (the first 10% left out)" if clip else ""),
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=100, metadata={PLOT_KEY: json.dumps(meta, sort_keys=True)})
     plt.close(fig)
+    return meta
+
+
+def png_text(path) -> dict:
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG file: {keyword: text}."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path} is not a PNG file")
+    out, pos = {}, 8
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        body, pos = data[pos + 8:pos + 8 + length], pos + 12 + length
+        key, _, rest = body.partition(b"\0")
+        if kind == b"tEXt":
+            out[key.decode("latin-1")] = rest.decode("latin-1")
+        elif kind == b"zTXt":
+            out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            compressed, text = rest[0], rest[2:].split(b"\0", 2)[-1]
+            out[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode("utf-8")
+        elif kind == b"IEND":
+            break
+    return out
 
 
 def _f8(x) -> str:
     return "n/a" if x is None else f"{x:.8f}"
 
 
-def build_submission(args, runs, checks, sig, code_bytes, packed) -> dict:
+def _json_versions(run: Run) -> dict:
+    v = run_versions(run)
+    out = {k: val for k, val in v.items() if not k.startswith("pkg:") and k != "attention"}
+    packages = {k[4:]: val for k, val in v.items() if k.startswith("pkg:")}
+    if packages:
+        out["compressor_packages"] = packages
+    return out
+
+
+def build_submission(args, runs, checks, sig, code_bytes, pack: dict) -> dict:
     s0 = runs[0].summary
     loss_mean, loss_std = mean_std(r.summary["val_loss"] for r in runs)
     bpb_mean, bpb_std = mean_std(r.summary["val_bpb"] for r in runs)
@@ -473,6 +895,14 @@ def build_submission(args, runs, checks, sig, code_bytes, packed) -> dict:
                 "prequant_val_loss", "prequant_val_bpb", "roundtrip_val_loss",
                 "roundtrip_val_bpb", "train_time_s", "total_eval_time_s", "stop_reason",
                 "val_tokens", "val_full", "run_id")
+
+    def extra(r):
+        peak = r.peak_memory or {}
+        return {"bytes_total": r.summary["artifact_bytes"] + code_bytes,
+                "score_line": score_line(r), "log": f"train_seed{r.seed}.log",
+                "summary_file": f"train_seed{r.seed}.json" if r.summary_path else None,
+                "peak_memory_allocated_mib": peak.get("allocated_mib"),
+                "peak_memory_reserved_mib": peak.get("reserved_mib")}
     sub = {
         "author": args.author, "github_id": args.github_id, "name": args.name,
         "blurb": args.blurb, "date": args.date, "track": args.track,
@@ -481,16 +911,21 @@ def build_submission(args, runs, checks, sig, code_bytes, packed) -> dict:
         "bytes_total": max(r.summary["artifact_bytes"] + code_bytes for r in runs),
         "bytes_code": code_bytes,
         "seeds": [r.seed for r in runs],
-        "seed_results": {str(r.seed): {**{k: r.summary[k] for k in per_seed},
-                                       "bytes_total": r.summary["artifact_bytes"] + code_bytes}
+        "seed_results": {str(r.seed): {**{k: r.summary[k] for k in per_seed}, **extra(r)}
                          for r in runs},
         "hardware": "; ".join(sorted({r.summary["hardware"] for r in runs})),
         "device": s0["device"],
         "pytorch_version": "; ".join(sorted({r.summary["torch"] for r in runs})),
         "python_version": "; ".join(sorted({r.summary["python"] for r in runs})),
+        "versions": _json_versions(runs[0]),
+        "attention": runs[0].attention,
+        "model_params": runs[0].model_params,
         "code_sha256": s0["code_sha256"],
-        "code_packed": packed,
+        "code_packed": pack["packed"],
+        "code_minified": pack["minified"],
+        "minifier": pack["minifier"],
         "bytes_code_unpacked": s0["code_bytes"],
+        "bytes_code_minified": pack["minified_bytes"],
         "eval_stride": s0["eval_stride"], "eval_seq_len": s0["eval_seq_len"],
         "launch": [r.summary["launch"] for r in runs],
         "non_default": s0["non_default"],
@@ -502,7 +937,57 @@ def build_submission(args, runs, checks, sig, code_bytes, packed) -> dict:
     return sub
 
 
-def build_readme(args, runs, checks, sub, notes: str) -> str:
+FA3_BUILD = ("git clone https://github.com/Dao-AILab/flash-attention && "
+             "cd flash-attention/hopper && python setup.py install")
+
+
+def setup_section(runs: list[Run]) -> list[str]:
+    v = run_versions(runs[0])
+    vocab = runs[0].summary["config"].get("VOCAB_SIZE", 1024)
+    try:
+        vocab = int(vocab)
+    except (TypeError, ValueError):
+        pass
+    cuda = v.get("cuda")
+    pins = [f"torch {v['torch']}" + (f" for CUDA {cuda}" if cuda else "")]
+    pins += [f"{k} {v[k]}" for k in ("numpy", "sentencepiece", "zstandard", "flash_attn") if v.get(k)]
+    pins += [f"{k[4:]} {val}" for k, val in v.items() if k.startswith("pkg:") and val]
+    repo = "MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf " if vocab in (4096, 8192) else ""
+    flash, attention = v.get("flash_attn"), v.get("attention")
+    if attention == "fa3":
+        note = ("the runs used FlashAttention 3 (`flash_attn_interface`, Hopper GPUs only"
+                + (f", {flash}" if flash else "") + "), which is not on PyPI: build it with "
+                f"`{FA3_BUILD}`. Without it train_gpt.py falls back to FlashAttention 2, then to "
+                "PyTorch SDPA, which are slower, so fewer steps fit in the time.")
+    elif attention == "fa2":
+        note = ("the runs used FlashAttention 2 (`flash_attn`" + (f" {flash}" if flash else "")
+                + "): `pip install flash-attn" + (f"=={flash}" if flash else "")
+                + " --no-build-isolation` (it compiles against the installed torch). Without it "
+                "train_gpt.py uses PyTorch SDPA, which is slower.")
+    elif attention == "sdpa":
+        note = "not needed: the runs used PyTorch's scaled_dot_product_attention (SDPA)."
+    else:
+        note = ("the logs do not say which attention kernel ran; train_gpt.py takes FlashAttention 3, "
+                "else FlashAttention 2, else PyTorch SDPA, whichever is installed (`ATTN_BACKEND`)."
+                + (f" flash_attn {flash} was installed." if flash else ""))
+    return ["## Setup", "",
+            f"1. Python {v['python']} with the exact package versions of these runs "
+            f"({', '.join(pins)}):", "",
+            "   ```bash", "   pip install -r requirements.txt", "   ```", "",
+            f"2. The data: the FineWeb export tokenized with the {vocab}-token SentencePiece "
+            f"vocabulary (`sp{vocab}`). From the root of the challenge repository:", "",
+            "   ```bash", f"   {repo}python3 data/cached_challenge_fineweb.py --variant sp{vocab}",
+            "   ```", "",
+            "   It needs `huggingface_hub` and ends by printing the `DATA_PATH` and "
+            "`TOKENIZER_PATH` to use.", "",
+            f"3. FlashAttention: {note}", "",
+            "4. Run from inside this folder, one command per seed, as logged (where a command "
+            "does not set `DATA_PATH` and `TOKENIZER_PATH`, or sets the author's paths, put the "
+            "ones step 2 printed in front):", "",
+            "   ```bash"] + [f"   {r.summary['launch']}" for r in runs] + ["   ```"]
+
+
+def build_readme(args, runs, checks, sub, notes: str, plot: dict | None = None) -> str:
     s0 = runs[0].summary
     by = {c.name: c for c in checks}
     out = [f"# {args.name}", "", args.blurb, "",
@@ -510,6 +995,13 @@ def build_readme(args, runs, checks, sub, notes: str) -> str:
            f"- Author: {args.author} (@{args.github_id}), {args.date}",
            f"- Hardware: {sub['hardware']}; PyTorch {sub['pytorch_version']}, "
            f"Python {sub['python_version']}"]
+    if sub["model_params"]:
+        out.append(f"- Model: {sub['model_params']:,} parameters")
+    peaks = [r.peak_memory for r in runs if r.peak_memory]
+    if peaks:
+        out.append(f"- Peak memory per process (max over seeds): "
+                   f"{max(p['allocated_mib'] for p in peaks):,.0f} MiB allocated, "
+                   f"{max(p['reserved_mib'] for p in peaks):,.0f} MiB reserved")
     flags = []
     if any(r.summary["device"] != "cuda" for r in runs):
         flags.append("**CPU smoke run.** These figures come from a CPU run, not from "
@@ -537,12 +1029,19 @@ def build_readme(args, runs, checks, sub, notes: str) -> str:
                f"| | **{sub['bytes_total']:,}** (max) |")
     out.append(f"| **std** | | | | | | | {_f8(sub['val_loss_std'])} | {_f8(sub['val_bpb_std'])} "
                "| | |")
+    lines = sorted({score_line(r) or "?" for r in runs})
+    if lines == ["final_sliding_exact"]:
+        how = (f"the sliding-window evaluation (stride {s0['eval_stride']}, sequence length "
+               f"{s0['eval_seq_len']}) of the weights decompressed from the artifact")
+    else:
+        how = "the " + " / ".join(f"`{n}`" for n in lines) + " line of each log"
+    official = all(r.last_line.startswith(OFFICIAL_LINE + " ") for r in runs)
     out += ["", f"val_bpb = {sub['val_bpb']:.8f} ± {_f8(sub['val_bpb_std'])} (mean ± sample "
-            f"std over {len(runs)} seed(s)). The score is the sliding-window evaluation "
-            f"(stride {s0['eval_stride']}, sequence length {s0['eval_seq_len']}) of the weights "
-            "decompressed from the artifact; eval (s) is all evaluation after training; "
-            "total bytes = artifact + the shipped `train_gpt.py`, "
-            f"{sub['bytes_code']:,} bytes"
+            f"std over {len(runs)} seed(s)). The score is {how}"
+            + (f", repeated by the log's last line, `{OFFICIAL_LINE}`, the challenge's name "
+               "for the final score" if official else "")
+            + "; eval (s) is all evaluation after training; total bytes = artifact + the "
+            f"shipped `train_gpt.py`, {sub['bytes_code']:,} bytes"
             + (f" (packed; {sub['bytes_code_unpacked']:,} unpacked)" if sub["code_packed"] else "")
             + "."]
 
@@ -558,13 +1057,17 @@ def build_readme(args, runs, checks, sub, notes: str) -> str:
                    f"{sig['compare_val_loss']:.8f} exceeds {sig['min_gain_nats']} nats; "
                    f"a record claim needs p < {sig['alpha']}.")
 
+    clip = (plot or {}).get("clip_from_step", 0)
     out += ["", "## Training curves", "", "![training curves](train_curves.png)", "",
-            "## Reproduce", "",
-            "Run from inside this folder (point `DATA_PATH` and `TOKENIZER_PATH` at the "
-            "data; relative paths in the logged commands were relative to the author's "
-            "working directory). The exact command of each seed, as logged:", "", "```"]
-    out += [r.summary["launch"] for r in runs] + ["```", ""]
+            "Left: train loss. Right: val_bpb of the periodic evaluations (unquantised weights) "
+            "and, as a star, each seed's final score (after quantisation)"
+            + (f"; the dashed line is the record to beat, {args.compare_bpb:.5f}"
+               if args.compare_bpb is not None else "")
+            + (f". The y-axes are scaled to the steps from {clip:,} on (the first 10%), so the "
+               "first steps do not crush the scale." if clip else "."), ""]
+    out += setup_section(runs)
     nd = {k: v for k, v in s0["non_default"].items() if k not in PER_RUN_SETTINGS}
+    out += ["", "## Settings", ""]
     if nd:
         out += ["Non-default settings (besides the per-run ones such as SEED):", "",
                 "| setting | value |", "|---|---|"]
@@ -572,60 +1075,257 @@ def build_readme(args, runs, checks, sub, notes: str) -> str:
     else:
         out.append("All settings are the script's defaults (besides per-run ones such as SEED).")
     if sub["code_packed"]:
-        out += ["", "`train_gpt.py` is packed (lzma + base85) and runs like the original; "
-                "to read it: `python3 -c \"import lzma,base64;t=open('train_gpt.py').read();"
+        how = (f"minified by {sub['minifier']} (comments, docstrings and annotations removed, "
+               f"local names shortened: {sub['bytes_code_minified']:,} bytes), then "
+               if sub["code_minified"] else "")
+        out += ["", f"`train_gpt.py` is packed: the logged source ({sub['bytes_code_unpacked']:,} "
+                f"bytes, sha256 `{sub['code_sha256'][:16]}...`), {how}compressed with lzma and "
+                f"base85-encoded ({sub['bytes_code']:,} bytes). It runs like the original (checked "
+                "with `DRY_RUN=1`). To read the "
+                + ("minified " if sub["code_minified"] else "") + "source: `python3 -c \"import "
+                "lzma,base64;t=open('train_gpt.py').read();"
                 "print(lzma.decompress(base64.b85decode(t.split(chr(34))[1])).decode())\"`"]
     out += ["", "## Techniques", "", notes.strip() or args.blurb, "",
             "## Checks", "", "Written by `records/make_submission.py`:", "", "```"]
     out += [c.line() for c in checks] + ["```", "", "## Files", "",
             f"- `train_gpt.py`: the code that produced the logs (sha256 "
             f"`{sub['code_sha256']}`{', packed' if sub['code_packed'] else ''})",
+            "- `requirements.txt`: the exact package versions of the runs (see Setup)",
             "- `submission.json`: summary, per-seed results, check verdicts"]
-    out += [f"- `train_seed{r.seed}.log`: the log of seed {r.seed} ({r.path.name})" for r in runs]
-    out += ["- `train_curves.png`: train loss and val_bpb against step", ""]
+    for r in runs:
+        name = score_line(r) or "final score"
+        if r.last_line.startswith(OFFICIAL_LINE + " "):
+            what = (f"its last line, `{r.last_line}`, is the final score in the challenge's "
+                    f"official format (the figures of its `{name}` line)")
+        else:
+            what = (f"its final score is its `{name}` line (the log predates the official "
+                    f"`{OFFICIAL_LINE}` last line)")
+        out.append(f"- `train_seed{r.seed}.log`: the log of seed {r.seed} (run "
+                   f"`{r.summary['run_id']}`, written as `{r.path.name}`); {what}")
+        if r.summary_path:
+            out.append(f"- `train_seed{r.seed}.json`: the summary of seed {r.seed}'s run (the "
+                       f"`{r.summary_path.name}` named by the log's `summary:` line)")
+    out += ["- `train_curves.png`: train loss and val_bpb against step, with the final scores", ""]
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- arguments
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block: main() prints it and exits 2
+        raise InputError(f"{message} (see --help)")
+
+
+def _number(flag: str, what: str, example: str):
+    def convert(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = None
+        if x is None or not math.isfinite(x) or x <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not allowed: give {what} as a finite number > 0, e.g. {flag} {example}")
+        return x
+    return convert
+
+
+def _date(text: str) -> str:
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD; use e.g. "
+                                         f"--date {dt.date.today().isoformat()}") from None
+    return text
+
+
+def _text(flag: str, example: str):
+    def convert(text: str) -> str:
+        value = text.strip()
+        if not value:
+            raise argparse.ArgumentTypeError(f"{text!r} is empty; give e.g. {flag} {example}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise argparse.ArgumentTypeError(f"{value[:40]!r} holds a line break or control "
+                                             f"character; give one line, e.g. {flag} {example}")
+        return value
+    return convert
+
+
+def _name(text: str) -> str:
+    value = _text("--name", "Int6Bigram")(text)
+    bad = [s for s in ("/", "\\", "..") if s in value]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} contains {' and '.join(repr(b) for b in bad)}: the name also names the "
+            "folder under --records-dir, so it may not hold '/', '\\' or '..'; e.g. --name Int6Bigram")
+    if len(value) > 100:
+        raise argparse.ArgumentTypeError(f"{value[:20]!r}... has {len(value)} characters; "
+                                         "keep it to 100 or fewer, e.g. --name Int6Bigram")
+    if not _slug(value):
+        raise argparse.ArgumentTypeError(f"{value!r} has no letter or digit for the folder name; "
+                                         "e.g. --name Int6Bigram")
+    return value
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+
+
+def _github_id(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GitHub user name (letters, digits and "
+                                         "inner hyphens, at most 39, no '@'); e.g. --github-id ada")
+    return value
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="make_submission.py",
+    p = _Parser(
+        prog=PROG,
         description="Check finished train_gpt.py runs and write "
-                    "records/track_<track>/<date>_<name>/ for submission.")
+                    "records/track_<track>/<date>_<name>/ for submission. Exit status: 0 written, "
+                    "1 refused by a check, 2 bad argument or input file.")
     p.add_argument("logs", nargs="+", type=Path, help="train_gpt.py logs, one per seed")
-    p.add_argument("--author", required=True, help="author's name")
-    p.add_argument("--github-id", required=True, help="author's GitHub id")
-    p.add_argument("--name", required=True, help="short name (also the folder name)")
-    p.add_argument("--blurb", required=True, help="one or two sentences on what it does")
+    p.add_argument("--author", required=True, type=_text("--author", '"Ada L."'),
+                   help="author's name")
+    p.add_argument("--github-id", required=True, type=_github_id, help="author's GitHub id")
+    p.add_argument("--name", required=True, type=_name,
+                   help="short name (also the folder name; no '/', '\\' or '..')")
+    p.add_argument("--blurb", required=True, type=_text("--blurb", '"10L int6 + BigramHash"'),
+                   help="one or two sentences on what it does")
     p.add_argument("--track", required=True, choices=TRACKS)
-    p.add_argument("--compare-loss", type=float, metavar="NATS",
+    p.add_argument("--compare-loss", metavar="NATS",
+                   type=_number("--compare-loss", "the record's val_loss in nats", "1.9300"),
                    help="val_loss of the record to beat: runs the significance t-test")
-    p.add_argument("--compare-bpb", type=float, metavar="BPB",
-                   help="val_bpb of the record to beat: reports the difference")
+    p.add_argument("--compare-bpb", metavar="BPB",
+                   type=_number("--compare-bpb", "the record's val_bpb", "1.1428"),
+                   help="val_bpb of the record to beat: reports the difference, drawn on the plot")
     p.add_argument("--code", type=Path, default=ROOT / "train_gpt.py",
                    help="the train_gpt.py the logs were made with (default: %(default)s)")
     p.add_argument("--notes", type=Path, metavar="FILE",
                    help="markdown for the README's Techniques section (default: the blurb)")
     p.add_argument("--records-dir", type=Path, default=ROOT / "records",
                    help="where track_<track>/ folders live (default: %(default)s)")
-    p.add_argument("--date", default=dt.date.today().isoformat(),
+    p.add_argument("--date", type=_date, default=dt.date.today().isoformat(),
                    help="YYYY-MM-DD for the folder and submission.json (default: today)")
     p.add_argument("--pack-code", action="store_true",
-                   help="ship train_gpt.py as an lzma+base85 self-extracting script")
+                   help="ship train_gpt.py minified (python-minifier, if installed) and as an "
+                        "lzma+base85 self-extracting script")
+    p.add_argument("--no-minify", action="store_true",
+                   help="with --pack-code: pack the source as it is, without minifying it")
     p.add_argument("--allow-over-cap", action="store_true",
                    help="non_record_16mb only: package runs over 16,000,000 bytes (flagged)")
     p.add_argument("--check-only", action="store_true",
                    help="print the verdicts and write nothing")
     args = p.parse_args(argv)
-    try:
-        dt.date.fromisoformat(args.date)
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.date)
-    except (ValueError, AssertionError):
-        p.error(f"--date {args.date!r} is not YYYY-MM-DD")
-    args.slug = re.sub(r"[^A-Za-z0-9._-]+", "_", args.name).strip("._-")
-    if not args.slug:
-        p.error(f"--name {args.name!r} has no usable characters for a folder name")
+    if args.no_minify and not args.pack_code:
+        p.error("argument --no-minify: it only changes --pack-code; add --pack-code or leave "
+                "out --no-minify")
+    args.slug = _slug(args.name)
     return args
+
+
+def _input_file(path: Path, flag: str, what: str) -> bytes:
+    fix = f"give {what}"
+    if not path.exists():
+        raise InputError(f"argument {flag}: {path} does not exist; {fix}")
+    if path.is_dir():
+        raise InputError(f"argument {flag}: {path} is a directory; {fix}")
+    if not path.is_file():
+        raise InputError(f"argument {flag}: {path} is not a regular file; {fix}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"argument {flag}: {path} cannot be read ({e.strerror or e}); "
+                         "check its permissions") from None
+
+
+def target_of(args) -> Path:
+    return args.records_dir / f"track_{args.track}" / f"{args.date}_{args.slug}"
+
+
+def check_paths(args) -> None:
+    """--code, --notes, --records-dir and the destination; reads the code and notes."""
+    args.code_bytes = _input_file(args.code, "--code", "the train_gpt.py that produced the logs")
+    if not args.code_bytes:
+        raise InputError(f"argument --code: {args.code} is empty; give the train_gpt.py that "
+                         "produced the logs")
+    args.notes_text = ""
+    if args.notes is not None:
+        data = _input_file(args.notes, "--notes", "a markdown file for the Techniques section")
+        try:
+            args.notes_text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"argument --notes: {args.notes} is not UTF-8 text; give a markdown "
+                             "file") from None
+    records = args.records_dir
+    if records.exists() and not records.is_dir():
+        raise InputError(f"argument --records-dir: {records} is a file, not a folder; give the "
+                         "folder that holds (or will hold) the track_*/ folders")
+    existing = next((p for p in [records, *records.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise InputError(f"argument --records-dir: {records} cannot be created because "
+                         f"{existing} is a file; give a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"argument --records-dir: {existing} is not writable; give a folder "
+                         "you can write to")
+    track_dir = records / f"track_{args.track}"
+    if track_dir.exists() and not track_dir.is_dir():
+        raise InputError(f"argument --records-dir: {track_dir} is a file, not a folder; move it "
+                         "away or give another --records-dir")
+    target = target_of(args)
+    if os.path.lexists(target):
+        raise InputError(f"destination {target} already exists and is never overwritten; choose "
+                         "another --name or --date, or move that folder away")
+
+
+def read_logs(paths: list[Path]) -> list[Run]:
+    runs, errors, seen = [], [], {}
+    for path in paths:
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):
+            key = path
+        if key in seen:
+            errors.append(f"log {path} is given twice (as {seen[key]} too); give each seed's "
+                          "log once")
+            continue
+        seen[key] = path
+        try:
+            runs.append(parse_log(path))
+        except InputError as e:
+            errors += e.messages
+    if errors:
+        raise InputError(*errors)
+    return runs
+
+
+def _need(module: str, why: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise InputError(f"{module} is not installed; {why}: pip install {module} "
+                         "(or pip install -r requirements.txt)") from None
+
+
+def _make_dirs(path: Path, created: list) -> None:
+    """mkdir -p, appending each folder it creates to `created` (outermost first)."""
+    for p in [p for p in [path, *path.parents] if not p.exists()][::-1]:
+        p.mkdir()
+        created.append(p)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    try:
+        return run(argv)
+    except InputError as e:
+        for message in e.messages:
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 def refuse(reasons) -> int:
@@ -634,42 +1334,63 @@ def refuse(reasons) -> int:
     return 1
 
 
-def main(argv=None) -> int:
+def pack_code(code: bytes, runs: list[Run], minify: bool) -> tuple[bytes, dict, list[Check]]:
+    """(bytes to ship, what was done, verdicts) for --pack-code."""
+    info = {"packed": False, "minified": False, "minifier": None, "minified_bytes": None}
+    checks = []
+    payload = code
+    if not minify:
+        checks.append(Check("minify", "INFO", "--no-minify: packing the source as it is",
+                            blocking=False))
+    else:
+        minified, note = minify_source(code)
+        if minified is None:
+            print(f"warning: {note}", file=sys.stderr)
+            checks.append(Check("minify", "WARN", note, blocking=False))
+        else:
+            payload = minified
+            checks.append(Check("minify", "PASS", note, blocking=False))
+            info.update(minifier=note.split(":")[0], minified_bytes=len(minified))
+    packed = pack_source(payload)
+    if len(packed) >= len(code):
+        checks.append(Check("pack_code", "INFO", f"packing would not save bytes ({len(code):,} -> "
+                            f"{len(packed):,}); shipping the original", blocking=False))
+        return code, {**info, "minifier": None, "minified_bytes": None}, checks
+    env = launch_env(runs[0].summary["launch"])
+    env.pop("RESUME_FROM", None)  # a dry run must not look for a checkpoint
+    ok, detail = check_packed(code, packed, env, payload)
+    checks.append(Check("pack_code", "PASS" if ok else "FAIL",
+                        f"train_gpt.py {len(code):,} -> {len(packed):,} bytes (saves "
+                        f"{len(code) - len(packed):,}"
+                        + (f"; minified {len(payload):,}" if payload != code else "")
+                        + f"); {detail}"))
+    if not ok:
+        return code, {**info, "minifier": None, "minified_bytes": None}, checks
+    return packed, {**info, "packed": True, "minified": payload != code}, checks
+
+
+def run(argv=None) -> int:
     args = parse_args(argv)
-    runs, errors = [], []
-    for path in args.logs:
-        try:
-            runs.append(parse_log(path))
-        except Refusal as e:
-            errors.append(str(e))
-    if errors:
-        return refuse(errors)
+    check_paths(args)
+    runs = read_logs(args.logs)
+    if args.compare_loss is not None:
+        _need("scipy", "--compare-loss needs it for the t-test")
+    if not args.check_only:
+        _need("matplotlib", "it draws train_curves.png")
     for r in runs:
         s = r.summary
         print(f"run {s['run_id']} seed {s['seed']}: {s['steps']} steps, {s['train_time_s']:.1f} s "
               f"train, val_loss {s['val_loss']:.8f} val_bpb {s['val_bpb']:.8f}, "
               f"{s['bytes_total']:,} bytes, {s['hardware']}")
 
-    code = args.code.read_bytes() if args.code.is_file() else None
-    shipped, pack_check = code, None
-    if args.pack_code and code is not None:
-        packed = pack_source(code)
-        if len(packed) >= len(code):
-            pack_check = Check("pack_code", "INFO", f"packing would not save bytes "
-                               f"({len(code):,} -> {len(packed):,}); shipping the original",
-                               blocking=False)
-        else:
-            env = launch_env(runs[0].summary["launch"])
-            env.pop("RESUME_FROM", None)  # a dry run must not look for a checkpoint
-            ok, detail = check_packed(code, packed, env)
-            pack_check = Check("pack_code", "PASS" if ok else "FAIL",
-                               f"train_gpt.py {len(code):,} -> {len(packed):,} bytes (saves "
-                               f"{len(code) - len(packed):,}); {detail}")
-            shipped = packed if ok else code
-    code_bytes = len(shipped) if shipped is not None else runs[0].summary["code_bytes"]
-    checks = check_runs(runs, args.track, code, args.code, code_bytes, args.allow_over_cap)
-    if pack_check:
-        checks.append(pack_check)
+    code = args.code_bytes
+    shipped, pack = code, {"packed": False, "minified": False, "minifier": None,
+                           "minified_bytes": None}
+    pack_checks = []
+    if args.pack_code:
+        shipped, pack, pack_checks = pack_code(code, runs, minify=not args.no_minify)
+    checks = check_runs(runs, args.track, code, args.code, len(shipped), args.allow_over_cap)
+    checks += pack_checks
 
     sig = None
     if args.compare_loss is not None:
@@ -690,33 +1411,47 @@ def main(argv=None) -> int:
     print(f"mean over {len(runs)} seed(s): val_loss {loss_mean:.8f} (std {_f8(loss_std)}), "
           f"val_bpb {bpb_mean:.8f} (std {_f8(bpb_std)})")
 
-    target = args.records_dir / f"track_{args.track}" / f"{args.date}_{args.slug}"
+    target = target_of(args)
     reasons = [f"check {c.name} failed: {c.detail}" for c in checks
                if c.status == "FAIL" and c.blocking]
-    if target.exists():
-        reasons.append(f"{target} already exists (choose another --name or --date)")
     if reasons:
         return refuse(reasons)
     if args.check_only:
         print(f"check only: would write {target}")
         return 0
 
-    notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
-    sub = build_submission(args, runs, checks, sig, code_bytes, shipped is not code)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sub = build_submission(args, runs, checks, sig, len(shipped), pack)
+    created, tmp, done = [], None, False
     try:
+        _make_dirs(target.parent, created)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         (tmp / "train_gpt.py").write_bytes(shipped)
         for r in runs:
             shutil.copyfile(r.path, tmp / f"train_seed{r.seed}.log")
-        plot_curves(runs, tmp / "train_curves.png")
+            if r.summary_path:
+                shutil.copyfile(r.summary_path, tmp / f"train_seed{r.seed}.json")
+        plot = plot_curves(runs, tmp / "train_curves.png", args.compare_bpb)
+        (tmp / "requirements.txt").write_text(requirements_txt(runs), encoding="utf-8")
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(build_readme(args, runs, checks, sub, notes),
+        (tmp / "README.md").write_text(build_readme(args, runs, checks, sub, args.notes_text, plot),
                                        encoding="utf-8")
+        if os.path.lexists(target):
+            raise InputError(f"destination {target} appeared while writing; it is never "
+                             "overwritten: choose another --name or --date")
         os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        done = True
+    except OSError as e:
+        raise InputError(f"cannot write {target} ({e.strerror or e}); nothing was written: check "
+                         "--records-dir and free space") from None
+    finally:
+        if not done:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for d in reversed(created):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
     print(f"wrote {target}: " + ", ".join(sorted(p.name for p in target.iterdir())))
     return 0
 

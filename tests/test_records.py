@@ -1,6 +1,8 @@
 """Tests of records/make_submission.py against synthetic logs that follow the
-train_gpt.py log contract (header, periodic lines, final lines, summary_json)."""
-import hashlib
+train_gpt.py log contract (header, periodic lines, final lines, run summary), in both
+formats: "new" (summary in logs/<RUN_ID>.json, official final line last) and "old"
+(summary_json line last). The log builders and the bad-input CASES are in cases_records.py."""
+import functools
 import importlib.util
 import json
 import math
@@ -13,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cases_records as cases  # noqa: E402
+from cases_records import DATE, LOSSES, STANDIN_BYTES, sha, summary, write_log  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "records" / "make_submission.py"
 _spec = importlib.util.spec_from_file_location("make_submission", SCRIPT)
@@ -20,162 +26,28 @@ ms = importlib.util.module_from_spec(_spec)
 sys.modules["make_submission"] = ms  # dataclasses look their module up
 _spec.loader.exec_module(ms)
 
-DATE = "2025-01-02"
 
-# A stand-in for train_gpt.py that follows the DRY_RUN contract: header, `code`
-# line from its own bytes, `config:` block, parameter count, exit 0.
-STANDIN = '''\
-"""Stand-in trainer for the records tests. It follows the DRY_RUN contract of
-train_gpt.py: print the header, the code hash line, the resolved configuration
-and the parameter count, then exit without touching any data."""
-import hashlib
-import os
-import sys
-
-# Every setting, with its default. The environment overrides any of them.
-DEFAULTS = {
-    "RUN_ID": "run", "SEED": 1337, "DATA_PATH": "./data/datasets/fineweb10B_sp1024",
-    "TOKENIZER_PATH": "./data/tokenizers/fineweb_1024_bpe.model",
-    "ITERATIONS": 20000, "NUM_LAYERS": 9, "MODEL_DIM": 512, "NUM_HEADS": 8,
-    "NUM_KV_HEADS": 4, "MLP_MULT": 2, "VOCAB_SIZE": 1024, "TRAIN_SEQ_LEN": 1024,
-    "TRAIN_BATCH_TOKENS": 524288, "MATRIX_LR": 0.04, "SCALAR_LR": 0.04,
-    "TIED_EMBED_LR": 0.05, "MUON_MOMENTUM": 0.95, "WARMDOWN_ITERS": 1200,
-    "EVAL_STRIDE": 64, "MAX_WALLCLOCK_SECONDS": 600.0,
-}
-
-
-def resolve_config():
-    """Read every setting from the environment, typed like its default."""
-    config = {}
-    for name, default in DEFAULTS.items():
-        raw = os.environ.get(name)
-        config[name] = default if raw is None else type(default)(raw)
-    return config
-
-
-def count_parameters(config):
-    """Parameters of a plain GPT with a tied embedding."""
-    d, layers, mult = config["MODEL_DIM"], config["NUM_LAYERS"], config["MLP_MULT"]
-    kv = d * config["NUM_KV_HEADS"] // config["NUM_HEADS"]
-    attention = d * d * 2 + d * kv * 2
-    mlp = d * d * mult * 2
-    return config["VOCAB_SIZE"] * d + layers * (attention + mlp + 2 * d)
-
-
-def main():
-    code = open(__file__, "rb").read()
-    config = resolve_config()
-    print(f"train_gpt run_id:{config['RUN_ID']} mode:train")
-    print(f"code sha256:{hashlib.sha256(code).hexdigest()} bytes:{len(code)}")
-    print("config:")
-    for name, value in config.items():
-        print(f"  {name}={value}")
-    print(f"model_params:{count_parameters(config)}")
-    print(f"script:{os.path.basename(__file__)} name:{__name__}")
-    if os.environ.get("DRY_RUN") == "1":
-        return 0
-    raise SystemExit("this stand-in cannot train")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''
-STANDIN_BYTES = STANDIN.encode()
-LOSSES = {1: 1.9301234567, 2: 1.9323456789, 3: 1.9288901234}
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def summary(seed=1, code=STANDIN_BYTES, **over):
-    """A summary_json of a passing 10min_16mb run; keyword arguments override."""
-    loss = LOSSES.get(seed, 1.93 + seed * 1e-4)
-    s = {
-        "run_id": f"run_s{seed}", "mode": "train", "seed": seed,
-        "code_sha256": sha(code), "code_bytes": len(code),
-        "config": {"NUM_LAYERS": 10, "MODEL_DIM": 512, "MATRIX_LR": 0.025, "SEED": seed,
-                   "RUN_ID": f"run_s{seed}", "DATA_PATH": f"/data/{seed}", "ITERATIONS": 20000,
-                   "TOKENIZER_PATH": "/tok.model", "EVAL_STRIDE": 64},
-        "non_default": {"NUM_LAYERS": 10, "MATRIX_LR": 0.025, "SEED": seed,
-                        "RUN_ID": f"run_s{seed}"},
-        "launch": f"NUM_LAYERS=10 MATRIX_LR=0.025 SEED={seed} RUN_ID=run_s{seed} "
-                  "torchrun --standalone --nproc_per_node=8 train_gpt.py",
-        "world_size": 8, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
-        "hardware": "8x NVIDIA H100 80GB HBM3", "python": "3.11.7", "torch": "2.13.0",
-        "steps": 6700 + seed, "step_avg_ms": 89.41 + seed / 100, "train_time_s": 599.2,
-        "stop_reason": "wallclock",
-        "prequant_val_loss": loss - 0.011, "prequant_val_bpb": (loss - 0.011) * 0.5925,
-        "roundtrip_val_loss": loss + 0.021, "roundtrip_val_bpb": (loss + 0.021) * 0.5925,
-        "val_loss": loss, "val_bpb": loss * 0.5925,
-        "eval_stride": 64, "eval_seq_len": 2048, "val_tokens": 62021632, "val_full": True,
-        "eval_time_s": 168.123 + seed, "total_eval_time_s": 251.5 + seed,
-        "artifact_bytes": 15_800_000 + seed, "size_cap": 16_000_000, "over_cap": False,
-        "artifact_path": "final_model.ptz",
-    }
-    s.update(over)
-    s.setdefault("bytes_total", s["code_bytes"] + s["artifact_bytes"])
-    if "artifact_bytes" in over or "code_bytes" in over:
-        s["bytes_total"] = s["code_bytes"] + s["artifact_bytes"]
-        s["over_cap"] = s["bytes_total"] > 16_000_000
-    return s
-
-
-def write_log(path, s, *, truncate=False, header_sha=None, resumed=False, edit=None):
-    """Write a log the way train_gpt.py does, from a summary dict."""
-    n, steps = s["config"].get("ITERATIONS", 20000), s["steps"]
-    ms_per = s["step_avg_ms"]
-    head = [f"train_gpt run_id:{s['run_id']} mode:train",
-            f"code sha256:{header_sha or s['code_sha256']} bytes:{s['code_bytes']}",
-            "world_size:8 grad_accum_steps:1 (an unrelated line)"]
-    body = []
-    for i in range(6):
-        k = i * steps // 5
-        if k:
-            body.append(f"step:{k}/{n} train_loss:{6.9 - 4.8 * k / steps + s['seed'] / 1000:.4f} "
-                        f"train_time:{int(k * ms_per)}ms step_avg:{ms_per:.2f}ms "
-                        f"tok/s:5860000 mfu:41.20%")
-        if i in (0, 3, 5):
-            body.append(f"step:{k}/{n} val_loss:{6.9 - 4.9 * k / steps:.4f} "
-                        f"val_bpb:{(6.9 - 4.9 * k / steps) * 0.5925:.4f} "
-                        f"train_time:{int(k * ms_per)}ms step_avg:{ms_per:.2f}ms")
-    lines = head + (head + body if resumed else body)
-    lines += [
-        f"stopping_early: {s['stop_reason']} at step:{steps}",
-        f"final_prequant_exact val_loss:{s['prequant_val_loss']:.8f} "
-        f"val_bpb:{s['prequant_val_bpb']:.8f} eval_time:41234ms",
-        f"final_roundtrip_exact val_loss:{s['roundtrip_val_loss']:.8f} "
-        f"val_bpb:{s['roundtrip_val_bpb']:.8f} eval_time:42100ms",
-        f"final_sliding_exact val_loss:{s['val_loss']:.8f} val_bpb:{s['val_bpb']:.8f} "
-        f"stride:{s['eval_stride']} eval_time:{round(s['eval_time_s'] * 1000)}ms",
-        f"final_size artifact_bytes:{s['artifact_bytes']} code_bytes:{s['code_bytes']} "
-        f"total_bytes:{s['bytes_total']} cap:16000000 "
-        f"status:{'OVER_CAP' if s['over_cap'] else 'ok'}",
-        "summary_json: " + json.dumps(s),
-    ]
-    if truncate:
-        lines = lines[: len(head) + 3]
-    text = "\n".join(lines) + "\n"
-    if edit:
-        text = edit(text)
-    Path(path).write_text(text)
-    return Path(path)
-
-
-@pytest.fixture
-def env(tmp_path):
-    """tmp dirs: code file, logs, records dir; a helper that runs the tool."""
+@pytest.fixture(params=["new", "old"])
+def env(request, tmp_path):
+    """tmp dirs: code file, logs, records dir; a helper that runs the tool; logs in the
+    parametrised format."""
     code = tmp_path / "train_gpt.py"
     code.write_bytes(STANDIN_BYTES)
     (tmp_path / "logs").mkdir()
+    fmt = request.param
 
     class Env:
         root = tmp_path
         records = tmp_path / "records"
 
+        def __init__(self):
+            self.fmt = fmt
+
         def log(self, seed=1, name=None, **kw):
-            opts = {k: kw.pop(k) for k in ("truncate", "header_sha", "resumed", "edit") if k in kw}
-            return write_log(tmp_path / "logs" / (name or f"s{seed}.txt"), summary(seed, **kw), **opts)
+            opts = {k: kw.pop(k) for k in ("truncate", "header_sha", "resumed", "edit", "edit_json",
+                                           "attention", "peak", "params") if k in kw}
+            s = summary(seed, versions=fmt == "new", **kw)
+            return write_log(tmp_path / "logs" / (name or f"s{seed}.txt"), s, fmt=fmt, **opts)
 
         def logs(self, seeds=(1, 2, 3), **kw):
             return [self.log(s, **kw) for s in seeds]
@@ -202,10 +74,16 @@ def verdicts(out):
     return res
 
 
+def tree(root: Path) -> dict:
+    """Every path under root with its size and mtime: what a command may not change."""
+    return {str(p.relative_to(root)): (p.is_dir(), p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
 # ------------------------------------------------------------------ parsing
 def test_parse_log_reads_summary_header_curves_and_finals(env):
-    s = summary(2)
-    run = ms.parse_log(write_log(env.root / "a.txt", s))
+    s = summary(2, versions=env.fmt == "new")
+    run = ms.parse_log(write_log(env.root / "a.txt", s, fmt=env.fmt))
     assert run.summary == s and run.seed == 2
     assert run.headers == [{"run_id": "run_s2", "mode": "train"}]
     assert run.code_headers == [{"sha256": sha(STANDIN_BYTES), "bytes": len(STANDIN_BYTES)}]
@@ -217,7 +95,41 @@ def test_parse_log_reads_summary_header_curves_and_finals(env):
     assert run.finals["final_sliding_exact"]["stride"] == 64
     assert run.finals["final_sliding_exact"]["val_loss"] == pytest.approx(s["val_loss"], abs=5e-9)
     assert run.finals["final_size"]["status"] == "ok"
+    assert ms.score_line(run) == "final_sliding_exact"
+    assert run.model_params == 25517137 and run.attention == "fa3"
+    assert run.versions["numpy"] == "2.1.3" and run.versions["torch"] == s["torch"]
     assert ms.consistency_problems(run) == []
+    if env.fmt == "new":
+        assert run.summary_path == env.root / "a.json" and run.summary_ref == "logs/a.json"
+        assert run.new_format and run.last_line.startswith("final_int8_zlib_roundtrip_exact ")
+        assert run.finals["final_int8_zlib_roundtrip_exact"]["val_bpb"] == pytest.approx(s["val_bpb"], abs=5e-9)
+        assert run.peak_memory == {"allocated_mib": 20480.5, "reserved_mib": 22016.0}
+        assert run.total_size == s["bytes_total"]
+    else:
+        assert run.summary_path is None and not run.new_format
+        assert run.last_line.startswith("summary_json: ") and run.peak_memory is None
+
+
+def test_new_format_prefers_the_json_and_falls_back_to_the_summary_json_line(tmp_path):
+    s = summary(1)
+    log = write_log(tmp_path / "x.txt", s, fmt="new")
+    # a log that has both: the .json is read, the summary_json line must agree with it
+    text = log.read_text().replace("summary: ", "summary_json: " + json.dumps(s) + "\nsummary: ")
+    log.write_text(text)
+    run = ms.parse_log(log)
+    assert run.summary_path == tmp_path / "x.json" and ms.consistency_problems(run) == []
+    log.write_text(text.replace(f'"val_loss": {s["val_loss"]}', '"val_loss": 1.5'))
+    assert "the summary_json line differs from x.json" in ms.consistency_problems(ms.parse_log(log))
+    # no .json: the summary_json line is the summary
+    (tmp_path / "x.json").unlink()
+    log.write_text(text)
+    run = ms.parse_log(log)
+    assert run.summary == s and run.summary_path is None
+    # the file named on the summary: line, next to the log, when the log has another name
+    log2 = write_log(tmp_path / "renamed" / "seed1.log", s, fmt="new")
+    log2.with_suffix(".json").rename(tmp_path / "renamed" / "run_s1.json")
+    log2.write_text(log2.read_text().replace("summary: logs/seed1.json", "summary: logs/run_s1.json"))
+    assert ms.parse_log(log2).summary_path == tmp_path / "renamed" / "run_s1.json"
 
 
 def test_parse_resumed_log_with_two_headers_uses_summary(env):
@@ -229,52 +141,92 @@ def test_parse_resumed_log_with_two_headers_uses_summary(env):
 
 def test_parse_ignores_unrelated_and_malformed_lines(env):
     def noise(text):
-        return ("warning: something\nstep:oops/10 train_loss:x\ncode is fine\n"
-                + text.replace("final_size", "random noise line\nfinal_size"))
+        return ("warning: something\nstep:oops/10 train_loss:x\ncode is fine\nmodel_params:x\n"
+                "peak memory allocated: lots\n" + text.replace("final_size", "random noise line\nfinal_size"))
     run = ms.parse_log(env.log(1, edit=noise))
     assert ms.consistency_problems(run) == []
     assert run.summary["val_loss"] == LOSSES[1]
 
 
+def test_later_score_lines_are_recognised(tmp_path):
+    """A TTT (or document-level) score printed after the sliding one is the final score."""
+    s = summary(1, val_loss=1.9, val_bpb=1.9 * 0.5925, eval_time_s=300.0)
+
+    def ttt(text):
+        return text.replace("final_sliding_exact", "final_sliding_exact val_loss:1.93000000 "
+                            "val_bpb:1.14352500 stride:64 eval_time:168000ms\nfinal_ttt_exact", 1)
+    run = ms.parse_log(write_log(tmp_path / "t.txt", s, fmt="new", edit=ttt))
+    # the edit keeps the original line's figures for final_ttt_exact
+    assert ms.score_line(run) == "final_ttt_exact"
+    assert ms.consistency_problems(run) == []
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda t: t.rsplit("final_int8", 1)[0], "no final_int8_zlib_roundtrip_exact line"),
+    (lambda t: t + "one more line\n", "final_int8_zlib_roundtrip_exact is not the last line"),
+    (lambda t: t.replace("final_int8_zlib_roundtrip_exact val_loss:1.93012346",
+                         "final_int8_zlib_roundtrip_exact val_loss:1.90000000"),
+     "final_int8_zlib_roundtrip_exact val_loss:1.9 != summary val_loss"),
+    (lambda t: t.replace("Total submission size: ", "Total submission size: 1"),
+     "'Total submission size: 1"),
+])
+def test_official_line_and_total_size_are_checked(tmp_path, edit, problem):
+    run = ms.parse_log(write_log(tmp_path / "x.txt", summary(1), fmt="new", edit=edit))
+    assert any(problem in p for p in ms.consistency_problems(run)), ms.consistency_problems(run)
+
+
 @pytest.mark.parametrize("case, message", [
-    ("missing", "file not found"),
-    ("truncated", "no summary_json line"),
-    ("badjson", "not valid JSON"),
+    ("missing", "does not exist"),
+    ("truncated", "has no summary"),
+    ("badjson", "is not valid JSON"),
     ("nokeys", "lacks val_bpb, eval_stride"),
     ("badtype", "seed='1' is not int"),
-    ("eval_only", "only training runs"),
+    ("badversion", "cuda=12.8 is not a version string or null"),
+    ("eval_only", "is an EVAL_ONLY run"),
+    ("nothing", "is not a train_gpt.py log"),
 ])
 def test_parse_refusals(env, case, message):
     path = env.root / "logs" / "x.txt"
     if case == "truncated":
         env.log(1, name="x.txt", truncate=True)
     elif case == "badjson":
-        env.log(1, name="x.txt", edit=lambda t: t[:-20] + "\n")
-    elif case == "nokeys":
+        env.log(1, name="x.txt", edit=lambda t: t[:-20] + "\n", edit_json=lambda t: t[:-20])
+    elif case in ("nokeys", "badtype", "badversion", "eval_only"):
         s = summary(1)
-        del s["val_bpb"], s["eval_stride"]
-        path.write_text("train_gpt run_id:a mode:train\nsummary_json: " + json.dumps(s) + "\n")
-    elif case == "badtype":
-        bad = summary(1)
-        bad["seed"] = "1"
-        path.write_text("summary_json: " + json.dumps(bad) + "\n")
-    elif case == "eval_only":
-        path.write_text("summary_json: " + json.dumps(summary(1, mode="eval_only")) + "\n")
-    with pytest.raises(ms.Refusal, match=message):
+        if case == "nokeys":
+            del s["val_bpb"], s["eval_stride"]
+        s.update({"badtype": {"seed": "1"}, "badversion": {"cuda": 12.8},
+                  "eval_only": {"mode": "eval_only"}}.get(case, {}))
+        if env.fmt == "new":
+            path.write_text("train_gpt run_id:run_s1 mode:train\nsummary: logs/x.json\n")
+            path.with_suffix(".json").write_text(json.dumps(s))
+        else:
+            path.write_text("train_gpt run_id:run_s1 mode:train\nsummary_json: " + json.dumps(s) + "\n")
+    elif case == "nothing":
+        path.write_text("summary_json: " + json.dumps(summary(1)) + "\n")
+    with pytest.raises(ms.InputError, match=message):
         ms.parse_log(path)
 
 
 def test_truncated_log_is_refused_by_the_command(env, capsys):
     logs = [env.log(1), env.log(2, truncate=True)]
-    assert env.run(logs) == 1
+    assert env.run(logs) == 2
     err = capsys.readouterr().err
-    assert "REFUSED: log" in err and "s2.txt: no summary_json line" in err
+    assert err.count("\n") == 1 and "s2.txt has no summary" in err
+    assert "make_submission.py: error: log" in err
     assert not env.records.exists()
 
 
 def test_missing_log_is_refused_by_the_command(env, capsys):
-    assert env.run([env.log(1), env.root / "nope.txt"]) == 1
-    assert "nope.txt: file not found" in capsys.readouterr().err
+    assert env.run([env.log(1), env.root / "nope.txt"]) == 2
+    assert "nope.txt does not exist" in capsys.readouterr().err
+
+
+def test_every_bad_log_gets_its_own_line(env, capsys):
+    (env.root / "d").mkdir()
+    assert env.run([env.log(1), env.root / "nope.txt", env.root / "d"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "nope.txt does not exist" in err[0] and "is a directory" in err[1]
 
 
 # ------------------------------------------------------------------ a full passing run
@@ -286,14 +238,20 @@ def test_record_track_passes_and_writes_folder(env, capsys):
         "log_consistency": "PASS", "same_code": "PASS", "same_settings": "PASS",
         "distinct_seeds": "PASS", "shipped_code": "PASS", "size_cap": "PASS",
         "train_time": "PASS", "eval_time": "PASS", "hardware": "PASS",
-        "full_validation": "PASS", "significance": "PASS"}
+        "full_validation": "PASS", "versions": "PASS", "significance": "PASS"}
     t = env.target()
-    assert sorted(p.name for p in t.iterdir()) == [
-        "README.md", "submission.json", "train_curves.png", "train_gpt.py",
-        "train_seed1.log", "train_seed2.log", "train_seed3.log"]
+    summaries = ["train_seed1.json", "train_seed2.json", "train_seed3.json"] if env.fmt == "new" else []
+    assert sorted(p.name for p in t.iterdir()) == sorted([
+        "README.md", "requirements.txt", "submission.json", "train_curves.png", "train_gpt.py",
+        "train_seed1.log", "train_seed2.log", "train_seed3.log", *summaries])
     assert (t / "train_gpt.py").read_bytes() == STANDIN_BYTES
     assert (t / "train_seed2.log").read_bytes() == (env.root / "logs" / "s2.txt").read_bytes()
+    if summaries:
+        assert (t / "train_seed2.json").read_bytes() == (env.root / "logs" / "s2.json").read_bytes()
     assert not [p for p in t.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
+    # the folder's own logs can be read back, summaries included
+    assert [ms.parse_log(t / f"train_seed{k}.log").summary for k in (1, 2, 3)] == \
+        [ms.parse_log(env.root / "logs" / f"s{k}.txt").summary for k in (1, 2, 3)]
 
 
 def test_submission_json_agrees_with_logs(env):
@@ -313,6 +271,12 @@ def test_submission_json_agrees_with_logs(env):
                     "total_eval_time_s", "stop_reason", "val_tokens", "val_full", "run_id"):
             assert r[key] == s[key], key
         assert r["bytes_total"] == s["bytes_total"]
+        assert r["score_line"] == "final_sliding_exact" and r["log"] == f"train_seed{s['seed']}.log"
+        if env.fmt == "new":
+            assert r["summary_file"] == f"train_seed{s['seed']}.json"
+            assert r["peak_memory_allocated_mib"] == 20480.5
+        else:
+            assert r["summary_file"] is None and r["peak_memory_allocated_mib"] is None
     losses = [LOSSES[k] for k in (1, 2, 3)]
     assert sub["val_loss"] == pytest.approx(sum(losses) / 3, abs=1e-15)
     assert sub["val_bpb"] == pytest.approx(sum(x * 0.5925 for x in losses) / 3, abs=1e-15)
@@ -321,14 +285,24 @@ def test_submission_json_agrees_with_logs(env):
     assert sub["val_bpb_std"] == pytest.approx(sub["val_loss_std"] * 0.5925)
     assert sub["bytes_total"] == max(s["bytes_total"] for s in sums) == 15_800_003 + len(STANDIN_BYTES)
     assert sub["bytes_code"] == len(STANDIN_BYTES) and sub["code_packed"] is False
+    assert sub["code_minified"] is False and sub["minifier"] is None
     assert sub["code_sha256"] == sha(STANDIN_BYTES)
-    assert sub["hardware"] == "8x NVIDIA H100 80GB HBM3" and sub["pytorch_version"] == "2.13.0"
+    assert sub["hardware"] == "8x NVIDIA H100 80GB HBM3"
+    assert sub["pytorch_version"] == sums[0]["torch"] and sub["model_params"] == 25517137
+    assert sub["attention"] == "fa3"
     assert sub["launch"] == [s["launch"] for s in sums]
     assert sub["significance"]["passed"] is True
     assert {c["name"]: c["status"] for c in sub["checks"]}["size_cap"] == "PASS"
+    if env.fmt == "new":
+        assert sub["versions"] == {"python": "3.11.7", "torch": "2.13.0+cu128", "cuda": "12.8",
+                                   "flash_attn": None, "numpy": "2.1.3", "sentencepiece": "0.2.0",
+                                   "zstandard": "0.23.0", "compressor_packages": {"brotli": "1.1.0"}}
+    else:  # from the log's `versions` line
+        assert sub["versions"] == {"python": "3.11.7", "torch": "2.13.0", "numpy": "2.1.3",
+                                   "sentencepiece": "0.2.0", "zstandard": "0.23.0"}
 
 
-def test_readme_has_table_stats_launch_checks_and_plot(env):
+def test_readme_has_table_stats_setup_checks_and_plot(env):
     assert env.run(env.logs(), "--compare-loss", "1.95") == 0
     readme = (env.target() / "README.md").read_text()
     sub = json.loads((env.target() / "submission.json").read_text())
@@ -339,7 +313,7 @@ def test_readme_has_table_stats_launch_checks_and_plot(env):
                f"{s['roundtrip_val_bpb']:.8f} | {s['val_loss']:.8f} | {s['val_bpb']:.8f} | "
                f"{s['artifact_bytes']:,} | {s['bytes_total']:,} |")
         assert row in readme
-        assert s["launch"] in readme
+        assert f"   {s['launch']}\n" in readme
     assert f"| **mean** | | | | | | | **{sub['val_loss']:.8f}** | **{sub['val_bpb']:.8f}**" in readme
     assert f"| **std** | | | | | | | {sub['val_loss_std']:.8f} | {sub['val_bpb_std']:.8f}" in readme
     assert "![training curves](train_curves.png)" in readme
@@ -347,20 +321,174 @@ def test_readme_has_table_stats_launch_checks_and_plot(env):
     assert "| `SEED`" not in readme
     assert "[PASS] same_code: all 3 runs" in readme and "[PASS] significance:" in readme
     assert "CPU smoke run" not in readme
+    assert "- Model: 25,517,137 parameters" in readme
+    # Setup: install, data, FlashAttention, run - in that order
+    setup = readme[readme.index("## Setup"):readme.index("## Settings")]
+    steps = ["pip install -r requirements.txt",
+             "python3 data/cached_challenge_fineweb.py --variant sp1024",
+             "3. FlashAttention: the runs used FlashAttention 3", "4. Run from inside this folder"]
+    assert [setup.index(s) for s in steps] == sorted(setup.index(s) for s in steps)
+    assert "MATCHED_FINEWEB_REPO_ID" not in setup  # sp1024 comes from the default repo
+    assert "hopper && python setup.py install" in setup
+    assert "Python 3.11.7 with the exact package versions" in setup
+    # which file is which seed's log, and what its last line is
+    for seed in (1, 2, 3):
+        s = summary(seed)
+        if env.fmt == "new":
+            last = (f"final_int8_zlib_roundtrip_exact val_loss:{s['val_loss']:.8f} "
+                    f"val_bpb:{s['val_bpb']:.8f}")
+            assert (f"- `train_seed{seed}.log`: the log of seed {seed} (run `run_s{seed}`, written "
+                    f"as `s{seed}.txt`); its last line, `{last}`, is the final score in the "
+                    "challenge's official format (the figures of its `final_sliding_exact` line)") in readme
+            assert f"- `train_seed{seed}.json`: the summary of seed {seed}'s run" in readme
+        else:
+            assert (f"- `train_seed{seed}.log`: the log of seed {seed} (run `run_s{seed}`, written "
+                    f"as `s{seed}.txt`); its final score is its `final_sliding_exact` line (the log "
+                    "predates the official `final_int8_zlib_roundtrip_exact` last line)") in readme
+    official = "repeated by the log's last line, `final_int8_zlib_roundtrip_exact`"
+    assert (official in readme) == (env.fmt == "new")
 
 
-def test_plot_is_a_valid_png(env):
-    assert env.run(env.logs((1, 2))) == 0
-    data = (env.target() / "train_curves.png").read_bytes()
+@pytest.mark.parametrize("vocab, repo", [(1024, False), (4096, True), (8192, True)])
+def test_setup_downloads_the_vocab_of_the_runs(tmp_path, vocab, repo):
+    s = summary(1, versions=True)
+    s["config"]["VOCAB_SIZE"] = vocab
+    lines = "\n".join(ms.setup_section([ms.parse_log(write_log(tmp_path / "a.txt", s))]))
+    cmd = f"python3 data/cached_challenge_fineweb.py --variant sp{vocab}"
+    assert (f"MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf {cmd}" in lines) == repo
+    assert cmd in lines and f"`sp{vocab}`" in lines
+
+
+@pytest.mark.parametrize("attention, flash, text, pin", [
+    ("fa3", None, "FlashAttention 3 (`flash_attn_interface`", None),
+    ("fa2", "2.8.3", "`pip install flash-attn==2.8.3 --no-build-isolation`", "flash-attn==2.8.3"),
+    ("sdpa", None, "not needed: the runs used PyTorch's scaled_dot_product_attention", None),
+    ("unknown", "2.8.3", "the logs do not say which attention kernel ran", "flash-attn==2.8.3"),
+])
+def test_flash_attention_note_and_pin(tmp_path, attention, flash, text, pin):
+    s = summary(1, versions=True, flash_attn=flash)
+    run = ms.parse_log(write_log(tmp_path / "a.txt", s, attention=attention))
+    if attention == "unknown":
+        run.attention = None
+    setup = "\n".join(ms.setup_section([run]))
+    assert text in setup
+    req = ms.requirements_txt([run]).splitlines()
+    pins = [line for line in req if line.startswith("flash-attn==")]
+    assert pins == ([f"{pin}  # compiles against torch: pip install {pin} --no-build-isolation"]
+                    if pin else [])
+
+
+@pytest.mark.parametrize("torch, cuda, expect", [
+    ("2.13.0+cu128", "12.8", ["--extra-index-url https://download.pytorch.org/whl/cu128",
+                              "torch==2.13.0+cu128"]),
+    ("2.13.0+cpu", None, ["--extra-index-url https://download.pytorch.org/whl/cpu",
+                          "torch==2.13.0+cpu"]),
+    ("2.13.0", "12.8", ["torch==2.13.0  # its CUDA 12.8 build"]),
+    ("2.6.0a0+ecf3bae40a.nv25.01", "12.8", ["torch==2.6.0"]),
+])
+def test_requirements_pin_the_logged_versions(tmp_path, torch, cuda, expect):
+    s = summary(1, versions=True, torch=torch, cuda=cuda)
+    req = ms.requirements_txt([ms.parse_log(write_log(tmp_path / "a.txt", s))]).splitlines()
+    for line in expect:
+        assert line in req
+    assert {"numpy==2.1.3", "sentencepiece==0.2.0", "zstandard==0.23.0", "brotli==1.1.0"} <= set(req)
+    assert req[1].startswith(f"# Python 3.11.7; CUDA {cuda or 'none'}.")
+    # every line that is not a comment is something pip accepts
+    for line in req:
+        if line and not line.startswith("#"):
+            assert line.startswith("--extra-index-url ") or "==" in line.split("#")[0], line
+
+
+def test_requirements_from_an_old_log_and_a_version_mismatch(tmp_path, capsys):
+    """An old-format log has no version keys in its summary: its `versions` line is used."""
+    (tmp_path / "train_gpt.py").write_bytes(STANDIN_BYTES)
+    logs = [write_log(tmp_path / "logs" / "s1.txt", summary(1), fmt="old"),
+            write_log(tmp_path / "logs" / "s2.txt", summary(2, torch="2.12.0"), fmt="old")]
+    argv = [str(p) for p in logs] + [a.replace("{tmp}", str(tmp_path)) for a in cases.argv(logs=())]
+    assert ms.main(argv) == 0
+    out = capsys.readouterr().out
+    assert verdicts(out)["versions"] == "WARN"
+    assert "torch (seed 1: 2.13.0, seed 2: 2.12.0)" in out and "not in the logs: cuda" in out
+    folder = tmp_path / "records" / "track_10min_16mb" / f"{DATE}_Case"
+    req = (folder / "requirements.txt").read_text().splitlines()
+    assert "torch==2.13.0" in req and "numpy==2.1.3" in req
+    assert req[1].startswith("# Python 3.11.7; CUDA not logged.")
+
+
+def test_plot_is_a_valid_png_with_its_data_in_a_text_chunk(env):
+    def spike(text):  # an early train loss far above the rest
+        return text.replace("\nstep:", "\nstep:1/20000 train_loss:10.0000 train_time:89ms\nstep:", 1)
+    assert env.run(env.logs((1, 2), edit=spike), "--compare-bpb", "1.1428") == 0
+    png = env.target() / "train_curves.png"
+    data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
     assert width > 500 and height > 200 and data.endswith(b"IEND\xaeB`\x82")
+    meta = json.loads(ms.png_text(png)[ms.PLOT_KEY])
+    from PIL import Image  # matplotlib's own dependency reads the same chunk
+    with Image.open(png) as im:
+        assert json.loads(im.text[ms.PLOT_KEY]) == meta
+    assert [s["name"] for s in meta["train_loss"]["series"]] == ["seed 1", "seed 2"]
+    assert [s["points"] for s in meta["val_bpb"]["series"]] == [3, 3]
+    finals = {f["name"]: f for f in meta["val_bpb"]["finals"]}
+    for seed in (1, 2):
+        f = finals[f"seed {seed}"]
+        assert f["val_bpb"] == summary(seed)["val_bpb"] and f["step"] == summary(seed)["steps"]
+        assert f["line"] == "final_sliding_exact"
+    assert meta["val_bpb"]["compare_bpb"] == 1.1428
+    # the y-limits come from the data after the first 10% of steps, finals and record included
+    assert meta["clip_from_step"] == 670  # 10% of 6702 steps
+    lo, hi = meta["val_bpb"]["ylim"]
+    late = [(6.9 - 4.9 * k / s) * 0.5925 for s in (6701, 6702) for k in (3 * s // 5, s)]
+    assert lo < min(late + [1.1428]) and hi > max(late + [summary(2)["val_bpb"]])
+    assert hi < 6.9 * 0.5925  # step 0's val_bpb does not set the scale
+    assert [s["points"] for s in meta["train_loss"]["series"]] == [6, 6]
+    lo, hi = meta["train_loss"]["ylim"]
+    assert lo < 6.9 - 4.8 + 0.001 and 6.9 - 4.8 * 0.2 + 0.002 < hi < 10  # step 1's spike is left out
+    readme = (env.target() / "README.md").read_text()
+    assert "the dashed line is the record to beat, 1.14280" in readme
+    assert "The y-axes are scaled to the steps from 670 on" in readme
+
+
+def test_plot_without_compare_line_or_curves(tmp_path):
+    run = ms.parse_log(write_log(tmp_path / "a.txt", summary(1), edit=lambda t: "\n".join(
+        ln for ln in t.splitlines() if not ln.startswith("step:")) + "\n"))
+    meta = ms.plot_curves([run], tmp_path / "p.png")
+    assert meta == json.loads(ms.png_text(tmp_path / "p.png")[ms.PLOT_KEY])
+    assert meta["val_bpb"]["compare_bpb"] is None and meta["train_loss"]["ylim"] is None
+    lo, hi = meta["val_bpb"]["ylim"]
+    assert lo < run.summary["val_bpb"] < hi and hi - lo < 0.05
+
+
+def test_png_text_reads_compressed_and_international_chunks(tmp_path):
+    from PIL import Image, PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_text("plain", "a")
+    info.add_text("zipped", "b" * 100, zip=True)
+    info.add_itxt("intl", "é ✓", zip=True)
+    Image.new("RGB", (2, 2)).save(tmp_path / "x.png", pnginfo=info)
+    assert ms.png_text(tmp_path / "x.png") == {"plain": "a", "zipped": "b" * 100, "intl": "é ✓"}
+    (tmp_path / "y.png").write_bytes(b"GIF89a")
+    with pytest.raises(ValueError):
+        ms.png_text(tmp_path / "y.png")
 
 
 def test_check_only_writes_nothing(env, capsys):
     assert env.run(env.logs(), "--check-only") == 0
     assert "check only: would write" in capsys.readouterr().out
     assert not env.records.exists()
+
+
+def test_a_failed_write_leaves_nothing(env, capsys, monkeypatch):
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ms, "plot_curves", broken)
+    logs = env.logs((1, 2))
+    before = tree(env.root)
+    assert env.run(logs) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err and "No space left on device" in err
+    assert tree(env.root) == before  # no folder, no temp folder, no track_ or records/ folder
 
 
 # ------------------------------------------------------------------ each check fails
@@ -375,9 +503,9 @@ def test_mixed_code_versions_refused(env, capsys):
 
 
 def test_mixed_settings_refused_but_per_run_settings_ignored(env, capsys):
-    s2 = summary(2)
+    s2 = summary(2, versions=env.fmt == "new")
     s2["config"].update(NUM_LAYERS=12, DATA_PATH="/elsewhere", CHECKPOINT_PATH="/ck")
-    write_log(env.root / "logs" / "s2.txt", s2)
+    write_log(env.root / "logs" / "s2.txt", s2, fmt=env.fmt)
     assert env.run([env.log(1), env.root / "logs" / "s2.txt"]) == 1
     out, err = capsys.readouterr()
     assert verdicts(out)["same_settings"] == "FAIL"
@@ -385,7 +513,7 @@ def test_mixed_settings_refused_but_per_run_settings_ignored(env, capsys):
     assert "DATA_PATH" not in err and "CHECKPOINT_PATH" not in err
 
     s2["config"]["NUM_LAYERS"] = 10  # now only per-run settings differ
-    write_log(env.root / "logs" / "s2.txt", s2)
+    write_log(env.root / "logs" / "s2.txt", s2, fmt=env.fmt)
     assert env.run([env.log(1), env.root / "logs" / "s2.txt"]) == 0
     assert verdicts(capsys.readouterr().out)["same_settings"] == "PASS"
 
@@ -407,8 +535,8 @@ def test_shipped_code_must_match_logged_hash(env, capsys):
     assert env.run(env.logs(), code=wrong) == 1
     out, err = capsys.readouterr()
     assert verdicts(out)["shipped_code"] == "FAIL" and "the logs were made by" in err
-    assert env.run(env.logs(), code=env.root / "absent.py") == 1
-    assert "absent.py not found" in capsys.readouterr().err
+    assert env.run(env.logs(), code=env.root / "absent.py") == 2
+    assert "error: argument --code: " in capsys.readouterr().err
 
 
 def test_log_consistency_catches_edited_lines(env, capsys):
@@ -503,20 +631,20 @@ def test_existing_target_folder_refused(env, capsys):
     t = env.target()
     t.mkdir(parents=True)
     (t / "keep.txt").write_text("mine")
-    assert env.run(env.logs()) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert env.run(env.logs()) == 2
+    assert "already exists and is never overwritten" in capsys.readouterr().err
     assert [p.name for p in t.iterdir()] == ["keep.txt"]
 
 
 def test_bad_date_and_help():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ms.InputError, match="argument --date: '2025-13-01'"):
         ms.parse_args(["a.txt", "--author", "a", "--github-id", "b", "--name", "c",
                        "--blurb", "d", "--track", "10min_16mb", "--date", "2025-13-01"])
     p = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert p.returncode == 0
     for flag in ("--author", "--github-id", "--name", "--blurb", "--track", "--compare-loss",
                  "--compare-bpb", "--code", "--notes", "--records-dir", "--date", "--pack-code",
-                 "--allow-over-cap", "--check-only"):
+                 "--allow-over-cap", "--check-only", "--no-minify"):
         assert flag in p.stdout
 
 
@@ -591,6 +719,8 @@ def test_failed_significance_does_not_block_the_folder(env, capsys):
     assert sub["significance"]["passed"] is False
 
 
+
+
 # ------------------------------------------------------------------ --pack-code
 def test_pack_source_round_trip():
     packed = ms.pack_source(STANDIN_BYTES)
@@ -601,21 +731,111 @@ def test_pack_source_round_trip():
     assert ms.launch_env("A=1 B='x y' torchrun --nproc_per_node=8 t.py C=3") == {"A": "1", "B": "x y"}
 
 
-def test_pack_code_ships_packed_script_that_behaves_the_same(env, capsys):
+DATACLASS_SRC = b'''"""A config read from the environment through dataclass field names."""
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class Config:
+    """Settings."""
+    num_layers: int = 9
+    model_dim: int = 512
+
+    def describe(self, prefix: str = "") -> str:
+        pieces = [f"{f.name.upper()}={getattr(self, f.name)}" for f in fields(self)]
+        return prefix + " ".join(pieces)
+
+
+def from_env() -> Config:
+    values = {}
+    for f in fields(Config):
+        raw = os.environ.get(f.name.upper())
+        if raw is not None:
+            values[f.name] = int(raw)
+    return Config(**values)
+
+
+assert from_env().num_layers > 0, "asserts stay"
+print(from_env().describe(prefix="config: "))
+'''
+
+
+def _run_source(tmp_path, src: bytes, **env) -> str:
+    path = tmp_path / "s.py"
+    path.write_bytes(src)
+    p = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                       env={**os.environ, **env})
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_minify_keeps_names_the_environment_and_other_modules_see(tmp_path):
+    pytest.importorskip("python_minifier")
+    out, note = ms.minify_source(DATACLASS_SRC)
+    assert out is not None and note.startswith("python-minifier ")
+    assert len(out) < len(DATACLASS_SRC) and b"Settings." not in out  # docstrings go
+    assert b"num_layers:int" in out.replace(b" ", b"")  # dataclass field annotations stay
+    assert b"assert " in out  # asserts stay
+    assert b"def describe(" in out and b"prefix" in out  # keyword-callable names stay
+    assert ms._interface(ms.ast.parse(out)) == ms._interface(ms.ast.parse(DATACLASS_SRC))
+    assert _run_source(tmp_path, out, NUM_LAYERS="12") == \
+        _run_source(tmp_path, DATACLASS_SRC, NUM_LAYERS="12") == "config: NUM_LAYERS=12 MODEL_DIM=512\n"
+
+
+def test_minify_keeps_docstrings_when_the_code_reads_them(tmp_path):
+    pytest.importorskip("python_minifier")
+    src = DATACLASS_SRC + b"print(__doc__)\n"
+    out, note = ms.minify_source(src)
+    assert b"A config read from the environment" in out and "docstrings kept" in note
+    assert _run_source(tmp_path, out) == _run_source(tmp_path, src)
+
+
+def test_minify_falls_back_when_the_minifier_is_missing_fails_or_drops_names(monkeypatch):
+    monkeypatch.setitem(sys.modules, "python_minifier", None)  # import fails
+    out, note = ms.minify_source(STANDIN_BYTES)
+    assert out is None and note.startswith("python-minifier is not installed")
+    monkeypatch.undo()
+    pm = pytest.importorskip("python_minifier")
+    real = pm.minify  # fakes with its signature, so that the tool sees the safety options
+    monkeypatch.setattr(pm, "minify", functools.wraps(real)(
+        lambda text, **kw: text.replace("def count_parameters", "def count_params")))
+    out, note = ms.minify_source(STANDIN_BYTES)
+    assert out is None and "dropped count_parameters" in note
+    monkeypatch.setattr(pm, "minify", functools.wraps(real)(lambda text, **kw: 1 / 0))
+    out, note = ms.minify_source(STANDIN_BYTES)
+    assert out is None and "failed (ZeroDivisionError" in note
+    monkeypatch.setattr(pm, "minify", lambda text, **kw: text)  # an old release without them
+    out, note = ms.minify_source(STANDIN_BYTES)
+    assert out is None and "lacks the options rename_globals, remove_asserts, remove_debug" in note
+    monkeypatch.undo()
+    out, note = ms.minify_source(b"def broken(:\n")
+    assert out is None and "failed (" in note
+
+
+def test_pack_code_ships_minified_packed_script_that_behaves_the_same(env, capsys):
+    pytest.importorskip("python_minifier")
     assert env.run(env.logs((1, 2)), "--pack-code") == 0
     out = capsys.readouterr().out
-    assert verdicts(out)["pack_code"] == "PASS"
-    packed = ms.pack_source(STANDIN_BYTES)
+    v = verdicts(out)
+    assert v["pack_code"] == "PASS" and v["minify"] == "PASS"
+    minified, _ = ms.minify_source(STANDIN_BYTES)
+    packed = ms.pack_source(minified)
     saved = len(STANDIN_BYTES) - len(packed)
-    assert f"train_gpt.py {len(STANDIN_BYTES):,} -> {len(packed):,} bytes (saves {saved:,})" in out
+    assert (f"train_gpt.py {len(STANDIN_BYTES):,} -> {len(packed):,} bytes (saves {saved:,}; "
+            f"minified {len(minified):,}); decompresses to its minified form") in out
     t = env.target()
     shipped = (t / "train_gpt.py").read_bytes()
-    assert shipped == packed and ms.unpack_source(shipped) == STANDIN_BYTES
+    assert shipped == packed and ms.unpack_source(shipped) == minified
     sub = json.loads((t / "submission.json").read_text())
     assert sub["bytes_code"] == len(packed) and sub["code_packed"] is True
+    assert sub["code_minified"] is True and sub["minifier"].startswith("python-minifier ")
     assert sub["bytes_code_unpacked"] == len(STANDIN_BYTES)
+    assert sub["bytes_code_minified"] == len(minified)
     assert sub["bytes_total"] == 15_800_002 + len(packed)
     assert sub["seed_results"]["1"]["bytes_total"] == 15_800_001 + len(packed)
+    readme = (t / "README.md").read_text()
+    assert "`train_gpt.py` is packed: the logged source" in readme and "minified by python-minifier" in readme
 
     # run both from the folder, as a reviewer would
     shutil.copy(env.root / "train_gpt.py", env.root / "orig.py")
@@ -631,6 +851,25 @@ def test_pack_code_ships_packed_script_that_behaves_the_same(env, capsys):
     assert la[0] == lb[0] and la[2:-1] == lb[2:-1]
 
 
+def test_pack_code_without_the_minifier_warns_and_packs_the_source(env, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "python_minifier", None)
+    assert env.run(env.logs((1, 2)), "--pack-code") == 0
+    out, err = capsys.readouterr()
+    assert err == ("warning: python-minifier is not installed (pip install python-minifier): "
+                   "packing the source without minifying it\n")
+    assert verdicts(out)["minify"] == "WARN" and verdicts(out)["pack_code"] == "PASS"
+    shipped = (env.target() / "train_gpt.py").read_bytes()
+    assert shipped == ms.pack_source(STANDIN_BYTES)
+    sub = json.loads((env.target() / "submission.json").read_text())
+    assert sub["code_packed"] is True and sub["code_minified"] is False and sub["minifier"] is None
+
+
+def test_no_minify_packs_the_source_as_it_is(env, capsys):
+    assert env.run(env.logs((1, 2)), "--pack-code", "--no-minify") == 0
+    assert verdicts(capsys.readouterr().out)["minify"] == "INFO"
+    assert (env.target() / "train_gpt.py").read_bytes() == ms.pack_source(STANDIN_BYTES)
+
+
 def test_pack_check_detects_different_behaviour():
     ok, detail = ms.check_packed(STANDIN_BYTES, ms.pack_source(STANDIN_BYTES), {"NUM_LAYERS": "3"})
     assert ok, detail
@@ -638,6 +877,11 @@ def test_pack_check_detects_different_behaviour():
     changed = STANDIN_BYTES.replace(b'"NUM_LAYERS": 9', b'"NUM_LAYERS": 8')
     ok, detail = ms.check_packed(STANDIN_BYTES, ms.pack_source(changed), {})
     assert not ok and "does not decompress to the original" in detail
+    # a "minified" payload that behaves differently is caught by the dry run
+    ok, detail = ms.check_packed(STANDIN_BYTES, ms.pack_source(changed), {}, payload=changed)
+    assert not ok and "DRY_RUN=1 output differs: '  NUM_LAYERS=9' vs '  NUM_LAYERS=8'" in detail
+    ok, detail = ms.check_packed(STANDIN_BYTES, ms.pack_source(changed), {}, payload=STANDIN_BYTES + b"#")
+    assert not ok and "does not decompress to the minified source" in detail
     # a packed script whose payload matches but whose wrapper misbehaves
     broken = ms.pack_source(STANDIN_BYTES).replace(b"exec(", b"print(len(")[:-1] + b")\n"
     ok, detail = ms.check_packed(STANDIN_BYTES, broken, {})
@@ -649,3 +893,57 @@ def test_pack_check_failure_refuses(env, capsys, monkeypatch):
     assert env.run(env.logs((1, 2)), "--pack-code") == 1
     assert "check pack_code failed" in capsys.readouterr().err
     assert not env.records.exists()
+
+
+# ------------------------------------------------------------------ arguments and bad inputs
+def test_name_becomes_a_folder_inside_records_dir(env):
+    assert env.run(env.logs((1,)), name="  Int6 MLP3x + SmearGate ") == 0
+    t = env.records / "track_10min_16mb" / f"{DATE}_Int6_MLP3x_SmearGate"
+    assert t.is_dir()
+    assert json.loads((t / "submission.json").read_text())["name"] == "Int6 MLP3x + SmearGate"
+
+
+def _run_case(case, tmp: Path, setup_first=False):
+    """Run one of cases.CASES the way the project-wide table runs it."""
+    setup = getattr(cases, case["setup"]) if case.get("setup") else None
+    if setup and setup_first:
+        setup(tmp)
+    log = cases.make_valid_log(tmp)
+    if setup and not setup_first:
+        setup(tmp)
+    (tmp / "systmp").mkdir()
+    before = tree(tmp)
+    args = [a.replace("{tmp}", str(tmp)).replace("{log}", str(log)) for a in case["args"]]
+    p = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp / "systmp")})
+    return p, before, tree(tmp)
+
+
+@pytest.mark.parametrize("case", cases.CASES, ids=[c["id"] for c in cases.CASES])
+def test_bad_input_case(case, tmp_path):
+    p, before, after = _run_case(case, tmp_path, setup_first=len(case["id"]) % 2 == 0)
+    assert p.returncode == case["code"], p.stderr
+    assert case["message"] in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one clear line
+    assert after == before  # nothing written, not even a temp file
+
+
+def test_cases_are_well_formed_and_their_base_passes(tmp_path):
+    assert len(cases.CASES) >= 15
+    assert len({c["id"] for c in cases.CASES}) == len(cases.CASES)
+    for c in cases.CASES:
+        assert set(c) <= {"id", "args", "setup", "code", "message"} and c["code"] in (1, 2)
+        assert all(isinstance(a, str) for a in c["args"]) and "{tmp}" not in c["message"]
+        assert c.get("setup") is None or callable(getattr(cases, c["setup"]))
+    # the valid log with the base arguments is written; every setup leaves it valid
+    log = cases.make_valid_log(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{log}", str(log)) for a in cases.argv()]
+    assert ms.main(args) == 0
+    for name in sorted({c["setup"] for c in cases.CASES if c.get("setup")} - {"make_destination"}):
+        (tmp_path / name).mkdir()
+        getattr(cases, name)(tmp_path / name)
+        log = cases.make_valid_log(tmp_path / name)
+        args = [a.replace("{tmp}", str(tmp_path / name)).replace("{log}", str(log))
+                for a in cases.argv("--check-only")]
+        assert ms.main(args) == 0, name
