@@ -16,13 +16,14 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import signal
 import struct
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,91 +38,102 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 # ================================ configuration ================================
 
 SIZE_CAP_BYTES = 16_000_000
-BOS_ID = 1  # challenge data format: every document starts with BOS (id 1)
+BOS_ID, EOS_ID = 1, 2  # challenge data format: every document starts with BOS (id 1); tokenizer eos is 2
+INF = math.inf
+
+
+def S(default, allowed: str):
+    """A setting with its default and its allowed values: an interval such as "[1, 64]" or "(0, 1)",
+    choices such as "auto|0|1", or "path" / "name" (a plain file name) / "any"."""
+    return field(default=default, metadata={"allowed": allowed})
 
 
 @dataclass
 class Config:
     """Every setting. Environment variable = field name in upper case."""
     # run and data
-    data_path: str = "./data/datasets/fineweb10B_sp1024"
-    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    run_id: str = ""  # "" -> generated
-    seed: int = 1337
-    val_max_tokens: int = 0  # 0 = whole validation split (the only official score)
-    bpb_audit: bool = True
-    dry_run: bool = False
-    eval_only: bool = False
-    artifact_path: str = ""  # "" -> logs/<RUN_ID>.ptz
+    data_path: str = S("./data/datasets/fineweb10B_sp1024", "path")
+    tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "path")
+    run_id: str = S("", "name")  # "" -> generated
+    seed: int = S(1337, "[0, 4294967295]")
+    val_max_tokens: int = S(0, "[0, inf)")  # 0 = whole validation split (the only official score)
+    bpb_audit: bool = S(True, "0|1")
+    dry_run: bool = S(False, "0|1")
+    eval_only: bool = S(False, "0|1")
+    artifact_path: str = S("", "path")  # "" -> logs/<RUN_ID>.ptz
     # schedule and batch
-    iterations: int = 20000
-    warmup_steps: int = 20
-    warmdown_iters: int = 2000
-    max_wallclock_seconds: float = 600.0
-    train_batch_tokens: int = 524_288
-    train_seq_len: int = 1024
-    micro_batches: int = 8
-    val_loss_every: int = 1000
-    train_log_every: int = 200
+    iterations: int = S(20000, "[0, inf)")
+    warmup_steps: int = S(20, "[0, 100000]")
+    warmdown_iters: int = S(2000, "[0, inf)")
+    max_wallclock_seconds: float = S(600.0, "[0, inf)")
+    train_batch_tokens: int = S(524_288, "[1, inf)")
+    train_seq_len: int = S(1024, "[1, 1048576]")
+    micro_batches: int = S(8, "[1, 65536]")
+    val_loss_every: int = S(1000, "[0, inf)")
+    train_log_every: int = S(200, "[0, inf)")
     # evaluation
-    eval_seq_len: int = 0  # 0 -> TRAIN_SEQ_LEN
-    eval_stride: int = 64
-    eval_batch_seqs: int = 64
+    eval_seq_len: int = S(0, "[0, 1048576]")  # 0 -> TRAIN_SEQ_LEN
+    eval_stride: int = S(64, "[1, 1048576]")
+    eval_batch_seqs: int = S(64, "[1, 1048576]")
     # model
-    vocab_size: int = 1024
-    num_layers: int = 12
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_mult: float = 3.0
-    rope_base: float = 10000.0
-    logit_softcap: float = 30.0
-    qk_gain_init: float = 1.5
-    tied_embed_init_std: float = 0.005
-    bigram_vocab_size: int = 2048
-    bigram_dim: int = 96
-    smear_gate: bool = True
-    unet_skips: bool = True
+    vocab_size: int = S(1024, "[2, 65536]")
+    num_layers: int = S(12, "[1, 1024]")
+    model_dim: int = S(512, "[2, 1048576]")
+    num_heads: int = S(8, "[1, 4096]")
+    num_kv_heads: int = S(4, "[1, 4096]")
+    mlp_mult: float = S(3.0, "(0, 1024]")
+    rope_base: float = S(10000.0, "(1, inf)")
+    logit_softcap: float = S(30.0, "[0, 1e6]")
+    qk_gain_init: float = S(1.5, "(0, 1e3]")
+    tied_embed_init_std: float = S(0.005, "(0, 10]")
+    bigram_vocab_size: int = S(2048, "[0, 16777216]")
+    bigram_dim: int = S(96, "[1, 1048576]")
+    smear_gate: bool = S(True, "0|1")
+    unet_skips: bool = S(True, "0|1")
     # optimisation
-    matrix_lr: float = 0.025
-    scalar_lr: float = 0.025
-    tied_embed_lr: float = 0.035
-    muon_momentum: float = 0.98
-    muon_momentum_warmup_start: float = 0.92
-    muon_momentum_warmup_steps: int = 1500
-    muon_backend_steps: int = 5
-    muon_wd: float = 0.04
-    adam_wd: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip_norm: float = 0.3
-    swa_every: int = 50
-    swa_start_frac: float = 0.4
-    qat_frac: float = 0.0
+    matrix_lr: float = S(0.025, "[0, 10]")
+    scalar_lr: float = S(0.025, "[0, 10]")
+    tied_embed_lr: float = S(0.035, "[0, 10]")
+    muon_momentum: float = S(0.98, "[0, 1)")
+    muon_momentum_warmup_start: float = S(0.92, "[0, 1)")
+    muon_momentum_warmup_steps: int = S(1500, "[0, inf)")
+    muon_backend_steps: int = S(5, "[1, 100]")
+    muon_wd: float = S(0.04, "[0, 100]")
+    adam_wd: float = S(0.0, "[0, 100]")
+    beta1: float = S(0.9, "[0, 1)")
+    beta2: float = S(0.95, "[0, 1)")
+    adam_eps: float = S(1e-8, "(0, 1]")
+    grad_clip_norm: float = S(0.3, "[0, inf)")
+    swa_every: int = S(50, "[0, inf)")
+    swa_start_frac: float = S(0.4, "(0, 1]")
+    qat_frac: float = S(0.0, "[0, 1]")
     # export
-    quant_bits_mlp: int = 5
-    quant_bits_attn: int = 6
-    quant_bits_bigram: int = 6
-    quant_bits_embed: int = 16  # 16 = fp16
-    prune_frac: float = 0.0
-    zstd_level: int = 22
+    quant_bits_mlp: int = S(5, "[2, 8]")
+    quant_bits_attn: int = S(6, "[2, 8]")
+    quant_bits_bigram: int = S(6, "[2, 8]")
+    quant_bits_embed: int = S(16, "2|3|4|5|6|7|8|16")  # 16 = fp16
+    prune_frac: float = S(0.0, "[0, 1)")
+    zstd_level: int = S(22, "[1, 22]")
     # runtime
-    compile: str = "auto"  # auto (on for CUDA) | 1 | 0
-    attn_backend: str = "auto"  # auto | fa3 | fa2 | sdpa
-    cpu_dtype: str = "bf16"  # bf16 | fp32
+    compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
+    attn_backend: str = S("auto", "auto|fa3|fa2|sdpa")
+    cpu_dtype: str = S("bf16", "bf16|fp32")
     # checkpoints
-    checkpoint_every: str = "0"  # 0 = off, N = every N steps, Ns = every N seconds
-    checkpoint_path: str = ""  # "" -> checkpoints/<RUN_ID>.pt
-    resume_from: str = ""
+    checkpoint_every: str = S("0", "N|Ns")  # 0 = off, N = every N steps, Ns = every N seconds
+    checkpoint_path: str = S("", "path")  # "" -> checkpoints/<RUN_ID>.pt
+    resume_from: str = S("", "path")
 
 
 # Fields that define the network: stored in the artifact so it can be rebuilt without env.
 MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
                 "rope_base", "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate",
                 "unet_skips", "train_seq_len")
+# Fields that change the score of given weights: stored in the artifact, the defaults of EVAL_ONLY.
+SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_tokens", "cpu_dtype", "compile",
+                "attn_backend")
 ENV_NAMES = {f.name.upper(): f for f in fields(Config)}
 DEFAULTS = Config()
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class ConfigError(Exception):
@@ -129,19 +141,43 @@ class ConfigError(Exception):
 
 
 def parse_setting(kind: str, raw: str):
+    """A setting's value from its text; ValueError (with the reason) when it is not of its kind."""
+    raw = raw.strip()
     if kind == "bool":
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
+        if raw.lower() in ("1", "true", "yes", "on"):
             return True
-        if low in ("0", "false", "no", "off"):
+        if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError
-    if kind == "int":
+        raise ValueError("not a boolean: use 1 or 0")
+    if kind == "str":
+        return raw
+    try:
         value = float(raw)
+    except ValueError:
+        raise ValueError(f"not a number: give a {'whole number' if kind == 'int' else 'number'}") from None
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    if kind == "int":
         if value != int(value):
-            raise ValueError
+            raise ValueError("not a whole number")
         return int(value)
-    return float(raw) if kind == "float" else raw.strip()
+    return value
+
+
+def allowed_problem(name: str, value, allowed: str) -> str | None:
+    """Why `value` is outside `allowed` (the Config field's metadata), or None."""
+    if allowed[0] in "[(":
+        lo_side, lo, hi, hi_side = re.fullmatch(r"([\[(])(.+), (.+)([\])])", allowed).groups()
+        lo, hi = float(lo), float(hi)
+        if (lo < value if lo_side == "(" else lo <= value) and (value < hi if hi_side == ")" else value <= hi):
+            return None
+        return f"{name}={value} is out of range: use a value in {allowed}"
+    if "|" in allowed and allowed != "N|Ns" and not isinstance(value, bool) and str(value) not in allowed.split("|"):
+        return f"{name}={value!r} is not allowed: use one of {', '.join(allowed.split('|'))}"
+    if allowed == "name" and value and not RUN_ID_PATTERN.fullmatch(value):
+        return (f"{name}={value!r} is not a plain name: use letters, digits, '.', '_' or '-' "
+                "(at most 100, no '/' or leading '.'), e.g. RUN_ID=l12_seed42")
+    return None
 
 
 def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
@@ -151,8 +187,8 @@ def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
         if name in environ:
             try:
                 values[f.name] = parse_setting(f.type, environ[name])
-            except ValueError:
-                problems.append(f"{name}={environ[name]!r} is not a valid {f.type}")
+            except ValueError as e:
+                problems.append(f"{name}={environ[name]!r} is {e} (allowed: {f.metadata['allowed']})")
     if problems:
         raise ConfigError("\n".join(problems))
     warnings = []
@@ -165,22 +201,17 @@ def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
 
 
 def validate_config(cfg: Config, world_size: int) -> None:
-    """Check ranges and shape consistency; raise one ConfigError listing every problem."""
-    p = []
+    """Check every value against its allowed range, then shape consistency; raise one ConfigError
+    listing every problem."""
+    p = [msg for f in fields(Config) if (msg := allowed_problem(f.name.upper(), getattr(cfg, f.name),
+                                                                 f.metadata["allowed"]))]
 
     def need(ok, msg):
         if not ok:
             p.append(msg)
 
-    for name in ("iterations", "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every",
-                 "val_max_tokens", "muon_momentum_warmup_steps", "swa_every", "eval_seq_len"):
-        need(getattr(cfg, name) >= 0, f"{name.upper()} must be >= 0")
-    for name in ("train_batch_tokens", "train_seq_len", "micro_batches", "eval_stride", "eval_batch_seqs",
-                 "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "muon_backend_steps"):
-        need(getattr(cfg, name) >= 1, f"{name.upper()} must be >= 1")
-    for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "muon_wd", "adam_wd", "grad_clip_norm",
-                 "max_wallclock_seconds", "logit_softcap", "mlp_mult"):
-        need(getattr(cfg, name) >= 0, f"{name.upper()} must be >= 0")
+    if p:  # shape rules below assume each value is in range
+        raise ConfigError("\n".join(p))
     need(cfg.model_dim % cfg.num_heads == 0,
          f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
     need(cfg.num_heads % cfg.num_kv_heads == 0,
@@ -194,22 +225,12 @@ def validate_config(cfg: Config, world_size: int) -> None:
          f"TRAIN_BATCH_TOKENS={cfg.train_batch_tokens} does not split into whole sequences: it must be a "
          f"multiple of MICRO_BATCHES*TRAIN_SEQ_LEN={cfg.micro_batches * cfg.train_seq_len}")
     eval_len = cfg.eval_seq_len or cfg.train_seq_len
-    need(cfg.eval_stride <= eval_len, f"EVAL_STRIDE={cfg.eval_stride} is larger than the eval length {eval_len}")
-    need(cfg.vocab_size <= 65536, "VOCAB_SIZE must be <= 65536 (shards store uint16 ids)")
-    need(cfg.bigram_vocab_size == 0 or cfg.bigram_vocab_size >= 2, "BIGRAM_VOCAB_SIZE must be 0 (off) or >= 2")
-    need(cfg.bigram_vocab_size == 0 or cfg.bigram_dim >= 1, "BIGRAM_DIM must be >= 1")
-    for name in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_bigram"):
-        need(2 <= getattr(cfg, name) <= 8, f"{name.upper()} must be between 2 and 8")
-    need(2 <= cfg.quant_bits_embed <= 8 or cfg.quant_bits_embed == 16, "QUANT_BITS_EMBED must be 2..8 or 16 (fp16)")
-    need(0 <= cfg.prune_frac < 1, "PRUNE_FRAC must be in [0, 1)")
-    need(0 <= cfg.qat_frac <= 1, "QAT_FRAC must be in [0, 1]")
-    need(0 < cfg.swa_start_frac <= 1, "SWA_START_FRAC must be in (0, 1]")
-    need(1 <= cfg.zstd_level <= 22, "ZSTD_LEVEL must be between 1 and 22")
-    need(cfg.compile in ("auto", "0", "1"), f"COMPILE={cfg.compile!r}: use auto, 0 or 1")
-    need(cfg.attn_backend in ("auto", "fa3", "fa2", "sdpa"), f"ATTN_BACKEND={cfg.attn_backend!r}: use auto, fa3, fa2 or sdpa")
-    need(cfg.cpu_dtype in ("bf16", "fp32"), f"CPU_DTYPE={cfg.cpu_dtype!r}: use bf16 or fp32")
+    need(cfg.eval_stride <= eval_len, f"EVAL_STRIDE={cfg.eval_stride} is larger than the eval length {eval_len} "
+                                      "(EVAL_SEQ_LEN, or TRAIN_SEQ_LEN when it is 0): use EVAL_STRIDE <= "
+                                      f"{eval_len}, or {eval_len} for plain evaluation")
+    need(cfg.bigram_vocab_size != 1, "BIGRAM_VOCAB_SIZE=1: use 0 (off) or >= 2")
     need(checkpoint_interval(cfg) is not None,
-         f"CHECKPOINT_EVERY={cfg.checkpoint_every!r}: use 0 (off), a step count like 500, or seconds like 900s")
+         f"CHECKPOINT_EVERY={cfg.checkpoint_every!r}: use 0 (off), a whole step count like 500, or seconds like 900s")
     need(not (cfg.eval_only and not cfg.artifact_path), "EVAL_ONLY=1 needs ARTIFACT_PATH=<file.ptz>")
     need(not (cfg.eval_only and cfg.resume_from), "EVAL_ONLY and RESUME_FROM cannot be combined")
     if p:
@@ -217,14 +238,16 @@ def validate_config(cfg: Config, world_size: int) -> None:
 
 
 def checkpoint_interval(cfg: Config):
-    """(count, unit) with unit 'steps' or 'seconds'; (0, 'steps') when off; None when malformed."""
+    """(count, unit) with unit 'steps' (a whole number) or 'seconds' (finite, > 0); (0, 'steps') when
+    off; None when malformed."""
     raw = cfg.checkpoint_every.strip().lower()
     unit = "seconds" if raw.endswith("s") else "steps"
     try:
-        count = float(raw.rstrip("s"))
+        count = float(raw.removesuffix("s"))
     except ValueError:
         return None
-    return (count, unit) if count >= 0 else None
+    ok = math.isfinite(count) and count >= 0 and (count == int(count) if unit == "steps" else count > 0)
+    return (count, unit) if ok else None
 
 
 def non_default_settings(cfg: Config) -> dict:
@@ -294,7 +317,7 @@ class RunLog:
     """Rank 0 writes every line to the console and to the log file; other ranks stay quiet."""
 
     def __init__(self, path: Path | None, append: bool = False):
-        self.file = open(path, "a" if append else "x", encoding="utf-8") if path else None
+        self.path, self.file = path, open(path, "a" if append else "x", encoding="utf-8") if path else None
 
     def __call__(self, msg: str = "") -> None:
         if self.file:
@@ -334,6 +357,8 @@ def check_ids(tokens: np.ndarray, vocab_size: int, path: Path) -> None:
 
 def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
     """Memory-map a shard's uint16 tokens after checking its header (and ids < vocab_size)."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder where a shard file is expected; remove or rename it")
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -358,6 +383,8 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
 
 
 def find_shards(data_path: str, split: str) -> list[Path]:
+    if Path(data_path).is_file():
+        raise DataError(f"DATA_PATH={data_path} is a file: point it at the folder that holds the shards")
     files = sorted(Path(data_path).glob(f"fineweb_{split}_*.bin"))
     if not files:
         raise DataError(f"no fineweb_{split}_*.bin shards in DATA_PATH={data_path}: {FETCH_HINT}")
@@ -409,7 +436,11 @@ class TrainLoader:
 
 
 def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
+    """The SentencePiece model at TOKENIZER_PATH, refused unless it fits the challenge's data format:
+    VOCAB_SIZE pieces, BOS 1 / EOS 2, and byte fallback (every byte representable, so bpb is defined)."""
     path = Path(cfg.tokenizer_path)
+    if path.is_dir():
+        raise DataError(f"TOKENIZER_PATH={path} is a folder: point it at the tokenizer's .model file")
     if not path.is_file():
         raise DataError(f"TOKENIZER_PATH={path} does not exist: {FETCH_HINT}")
     try:
@@ -419,9 +450,35 @@ def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
     if sp.vocab_size() != cfg.vocab_size:
         raise DataError(f"VOCAB_SIZE={cfg.vocab_size} but the tokenizer {path} has {sp.vocab_size()} pieces: "
                         "set VOCAB_SIZE to match, or point TOKENIZER_PATH at the tokenizer of this dataset")
-    if sp.bos_id() != BOS_ID:
-        raise DataError(f"{path}: BOS id is {sp.bos_id()}, the challenge format needs {BOS_ID}")
+    if (sp.bos_id(), sp.eos_id()) != (BOS_ID, EOS_ID):
+        raise DataError(f"{path}: BOS/EOS ids are {sp.bos_id()}/{sp.eos_id()}, the challenge format needs "
+                        f"{BOS_ID}/{EOS_ID}: use a tokenizer trained with bos_id=1 eos_id=2")
+    if sum(sp.is_byte(i) for i in range(sp.vocab_size())) != 256:
+        raise DataError(f"{path}: the tokenizer has no byte fallback (not all 256 <0xNN> pieces), so some text "
+                        "has no bytes to score: use a tokenizer trained with byte_fallback=true")
     return sp
+
+
+def check_tokenizer_record(cfg: Config) -> str | None:
+    """Compare TOKENIZER_PATH with the sha256 recorded next to the shards when they were built or
+    downloaded (DATA_PATH/tokenizer.sha256, or the builder's manifest.json); the record's name if any."""
+    folder, digest = Path(cfg.data_path), None
+    record = folder / "tokenizer.sha256"
+    if record.is_file():
+        digest, _, name = record.read_text().strip().partition("  ")
+    else:
+        try:
+            entry = json.loads((folder / "manifest.json").read_text())["tokenizer"]
+            digest, name = entry["sha256"], Path(entry["model_path"]).name
+            record = folder / "manifest.json"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    actual = hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()
+    if actual != digest:
+        raise DataError(f"TOKENIZER_PATH={cfg.tokenizer_path} (sha256 {actual[:12]}...) is not the tokenizer the "
+                        f"shards in DATA_PATH={cfg.data_path} were made with: {record} records {name} "
+                        f"(sha256 {digest[:12]}...); point TOKENIZER_PATH at that file")
+    return str(record)
 
 
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -450,21 +507,30 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
     return base[cur] + (space[cur] & ~boundary[prev])
 
 
-def audit_byte_tables(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, max_docs: int = 256) -> int:
-    """Decode the first whole validation documents and check the table gives their exact UTF-8 length."""
+def audit_tokenizer(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, cfg: Config,
+                    max_docs: int = 256) -> int:
+    """Decode the first whole validation documents. Re-encoding their text must give back the same
+    ids (the tokenizer is the one the data was made with: at most 5% of documents may differ, for
+    text the tokenizer normalises) and the byte table must give their exact UTF-8 length."""
     starts = np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]
     if len(starts) < 2:
         raise DataError("BPB audit: the validation tokens hold no whole BOS-delimited document; "
-                        "set BPB_AUDIT=0 to skip the check")
-    doc_tokens = tokens[starts[0]:starts[-1]]
-    per_target = target_bytes(doc_tokens, tables)
+                        "set BPB_AUDIT=0 to skip the check (the score is then unaudited)")
+    docs = [tokens[a + 1:b].tolist() for a, b in zip(starts[:-1], starts[1:])]
+    texts = sp.decode(docs)
+    same = sum(a == b for a, b in zip(sp.encode(texts), docs))
+    if same < 0.95 * len(docs):
+        raise DataError(f"BPB audit: only {same} of {len(docs)} validation documents re-encode to their ids with "
+                        f"TOKENIZER_PATH={cfg.tokenizer_path}: the shards in DATA_PATH={cfg.data_path} were made "
+                        "with another tokenizer; point TOKENIZER_PATH at the tokenizer of this dataset")
+    per_target = target_bytes(tokens[starts[0]:starts[-1]], tables)
     for d, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
         counted = int(per_target[a - starts[0]:b - starts[0] - 1].sum())
-        decoded = len(sp.decode(tokens[a + 1:b].tolist()).encode("utf-8"))
+        decoded = len(texts[d].encode("utf-8"))
         if counted != decoded:
             raise DataError(f"BPB audit: validation document {d} decodes to {decoded} UTF-8 bytes but the byte "
-                            f"table counts {counted}: the tokenizer at TOKENIZER_PATH does not match the data")
-    return len(starts) - 1
+                            f"table counts {counted}: TOKENIZER_PATH={cfg.tokenizer_path} does not match the data")
+    return len(docs)
 
 
 @dataclass
@@ -475,8 +541,13 @@ class ValData:
     full: bool  # False when VAL_MAX_TOKENS cut the split
 
 
-def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device) -> ValData:
+def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device, unk_id: int = -1) -> ValData:
     tokens = np.concatenate([open_shard(f, cfg.vocab_size) for f in files])
+    unknown = int(np.count_nonzero(tokens == unk_id)) if unk_id >= 0 else 0
+    if unknown:
+        raise DataError(f"the validation shards in DATA_PATH={cfg.data_path} hold {unknown} <unk> tokens (id "
+                        f"{unk_id}): their bytes are unknown, so no exact bpb exists; rebuild the data with a "
+                        "byte-fallback tokenizer")
     full = not (0 < cfg.val_max_tokens < len(tokens))
     if not full:
         tokens = tokens[:cfg.val_max_tokens]
@@ -680,7 +751,8 @@ class GPT(nn.Module):
             nn.init.normal_(self.bigram.table.weight, std=0.02)
             nn.init.zeros_(self.bigram.proj.weight)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Per-token NLL of targets[:, first:] (the head runs only where a target is scored)."""
         prev, has_prev = previous_token(idx)
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # residual stream in bf16, like the weights' matmuls
@@ -698,7 +770,8 @@ class GPT(nn.Module):
             x = block(x, x0, rotary)
             if i < self.num_encoder:
                 skips.append(x)
-        logits = F.linear(rms_norm(x), self.tok_emb.weight).float()
+        targets = targets[:, first:]
+        logits = F.linear(rms_norm(x[:, first:]), self.tok_emb.weight).float()
         if self.softcap:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
@@ -833,29 +906,53 @@ def _on_sigterm(signum, frame):
     _STOP_SIGNAL["received"] = True
 
 
+CHECKPOINT_FORMAT = "train_gpt-checkpoint-1"
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, cfg: Config, device) -> dict:
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        torch.save(dict(state, format=CHECKPOINT_FORMAT), tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: str, device="cpu", name: str = "RESUME_FROM") -> dict:
+    """A checkpoint written by save_checkpoint (tensors and plain values only: nothing is unpickled)."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{name}={path} is a folder: give the checkpoint file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True, mmap=True)
     except FileNotFoundError:
-        raise ConfigError(f"RESUME_FROM={path} does not exist") from None
-    except Exception as e:
-        raise ConfigError(f"RESUME_FROM={path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{name}={path} does not exist") from None
+    except Exception as e:  # torch raises many types; its message suggests unsafe loading, so it is not shown
+        raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint: it cannot be read as plain tensors "
+                          f"({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint (a torch file without the "
+                          f"'{CHECKPOINT_FORMAT}' marker); give a file written with CHECKPOINT_EVERY")
+    return state
+
+
+def load_checkpoint(path: str, cfg: Config, model: nn.Module, device) -> dict:
+    """The state to resume from, refused unless it was made with the same settings and model shape."""
+    state = read_checkpoint(path, device)
     keep = MODEL_FIELDS + ("train_batch_tokens", "micro_batches", "iterations", "warmdown_iters", "seed")
-    diff = [f"{k.upper()}: checkpoint {state['config'][k]!r}, now {getattr(cfg, k)!r}"
+    diff = [f"{k.upper()}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
             for k in keep if state["config"].get(k) != getattr(cfg, k)]
     if diff:
         raise ConfigError(f"RESUME_FROM={path} was made with other settings; resume with the same ones:\n  "
                           + "\n  ".join(diff))
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if ours != theirs:
+        raise ConfigError(f"RESUME_FROM={path} holds tensors of another model shape "
+                          f"({len(set(ours.items()) ^ set(theirs.items()))} differ): resume with the settings it was made with")
     return state
 
 
@@ -937,6 +1034,10 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     last_ckpt_ms = training_ms
 
     def checkpoint(reason: str):
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never replace the last good checkpoint with a broken state
+            raise TrainingStopped(f"the weights are not finite after step {step} ({', '.join(bad[:3])}); no "
+                                  f"checkpoint written, the last good one is kept. Lower the learning rates.")
         if rt.is_main:
             save_checkpoint(ckpt_path, dict(
                 model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
@@ -1046,7 +1147,9 @@ class SWA:
 
 # =================================== export ===================================
 
-ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 1
+ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 2
+MAX_PAYLOAD_BYTES = 1 << 30  # hard ceiling on what an artifact may decompress to
+ARRAY_DTYPES = {"i1": np.int8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
 
 
 class ArtifactError(Exception):
@@ -1073,90 +1176,177 @@ def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
     return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
 
 
-def pack_artifact(state: dict, cfg: Config) -> bytes:
-    """Quantise per row (matrices) or cast to fp16 (the rest), then serialise as: magic, version,
-    zstd(header length, JSON header with model config + tensor table + payload sha256, payload)."""
-    entries, blobs, offset = [], [], 0
+def quantise_state(state: dict, cfg: Config) -> list[dict]:
+    """Per tensor: name, shape, kind ("q": int codes + fp16 scale per row; "f16") and numpy arrays."""
+    entries = []
     for name, t in state.items():
         t = t.detach().float().cpu()
         bits = quant_bits_for(name, cfg) if t.ndim == 2 else 16
-        entry = dict(name=name, shape=list(t.shape), bits=bits)
         if bits < 16:
             q, scale = quantize_rows(prune_smallest(t, cfg.prune_frac), bits)
-            arrays = dict(data=q.numpy(), scale=scale.numpy())
+            entries.append(dict(name=name, shape=list(t.shape), kind="q", arrays=dict(q=q.numpy(), scale=scale.numpy())))
         else:
-            arrays = dict(data=t.half().numpy())
-        for key, arr in arrays.items():
-            entry[key] = offset
+            entries.append(dict(name=name, shape=list(t.shape), kind="f16", arrays=dict(data=t.half().numpy())))
+    return entries
+
+
+def zstd_decompress(data: bytes, raw_size: int) -> bytes:
+    """Decompress at most raw_size bytes; a frame that declares or yields more is refused unread."""
+    declared = zstandard.frame_content_size(data)
+    if declared not in (-1, raw_size):
+        raise ValueError(f"the zstd frame declares {declared} bytes, the header {raw_size}")
+    out = zstandard.ZstdDecompressor().stream_reader(data).read(raw_size + 1)
+    if len(out) != raw_size:
+        raise ValueError(f"the stream holds {len(out)} bytes or more, the header declares {raw_size}")
+    return out
+
+
+CODECS = {"zstd": (lambda raw, cfg: zstandard.ZstdCompressor(level=cfg.zstd_level).compress(raw), zstd_decompress)}
+
+
+def pack_artifact(state: dict, cfg: Config, score: dict | None = None) -> bytes:
+    """Serialise as: magic, u16 version, u32 header length, JSON header (model config, score settings,
+    tensor table, streams), the compressed streams, and a sha256 of everything before it."""
+    entries, blobs, offset = quantise_state(state, cfg), [], 0
+    for e in entries:
+        refs = {}
+        for key, arr in e.pop("arrays").items():
+            refs[key] = [0, offset, arr.dtype.str[1:], arr.size]
             blobs.append(arr.tobytes())
             offset += arr.nbytes
-        entries.append(entry)
-    payload = b"".join(blobs)
-    header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, tensors=entries,
-                             payload_sha256=hashlib.sha256(payload).hexdigest())).encode()
-    body = struct.pack("<I", len(header)) + header + payload
-    compressor = zstandard.ZstdCompressor(level=cfg.zstd_level, write_checksum=True, write_content_size=True)
-    return ARTIFACT_MAGIC + struct.pack("<H", ARTIFACT_VERSION) + compressor.compress(body)
+        e["arrays"] = refs
+    raw = b"".join(blobs)
+    body = CODECS["zstd"][0](raw, cfg)
+    header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=entries,
+                             streams=[dict(codec="zstd", raw=len(raw), size=len(body))])).encode()
+    head = ARTIFACT_MAGIC + struct.pack("<HI", ARTIFACT_VERSION, len(header)) + header + body
+    return head + hashlib.sha256(head).digest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_artifact_header(path: str) -> tuple[dict, bytes]:
+    """(validated header, the bytes after it) of an artifact whose checksum covers every byte."""
+    p = Path(path)
+    if p.is_dir():
+        raise ArtifactError(f"{path}: a folder, not an artifact file")
+    try:
+        if p.stat().st_size > MAX_PAYLOAD_BYTES:
+            raise ArtifactError(f"{path}: {p.stat().st_size} bytes, larger than any artifact: not an artifact")
+        blob = p.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read artifact ({e.strerror})") from None
+    head = len(ARTIFACT_MAGIC) + 6
+    if len(blob) < head or not blob.startswith(ARTIFACT_MAGIC):
+        raise ArtifactError(f"{path}: not an artifact written by train_gpt.py (wrong leading bytes)")
+    version, size = struct.unpack_from("<HI", blob, len(ARTIFACT_MAGIC))
+    if version != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact format version {version}; this script reads version {ARTIFACT_VERSION} "
+                            "(re-export it with the train_gpt.py that wrote it, or retrain)")
+    if len(blob) < head + size + 32 or hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
+        raise ArtifactError(f"{path}: checksum mismatch: the file is truncated or corrupted; copy it again")
+    try:
+        header = json.loads(blob[head:head + size])
+        check_header(header, len(blob) - head - size - 32)
+    except (ValueError, KeyError, TypeError, ConfigError) as e:
+        raise ArtifactError(f"{path}: malformed header ({type(e).__name__}: {e})") from None
+    return header, blob[head + size:-32]
+
+
+def check_header(h: dict, body_size: int) -> None:
+    """Refuse any header field of the wrong type, outside its allowed range, or pointing outside the data."""
+    types = {"int": int, "float": (int, float), "bool": bool, "str": str}
+    for group, names in (("model", MODEL_FIELDS), ("score", SCORE_FIELDS)):
+        for k in names if group == "model" else h[group]:
+            f = ENV_NAMES[k.upper()]
+            v = h[group][k]
+            if not isinstance(v, types[f.type]) or (f.type == "int" and isinstance(v, bool)):
+                raise ValueError(f"{group}.{k}={v!r} is not a {f.type}")
+            if f.type == "float" and not math.isfinite(v) or (msg := allowed_problem(k.upper(), v, f.metadata["allowed"])):
+                raise ValueError(f"{group}.{k}: {msg or 'not finite'}")
+    validate_config(replace(DEFAULTS, **h["model"], micro_batches=1, train_batch_tokens=h["model"]["train_seq_len"],
+                            eval_stride=1, eval_seq_len=0), 1)
+    streams, end = h["streams"], 0
+    for s in streams:
+        if s["codec"] not in CODECS or not all(isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES for k in ("raw", "size")):
+            raise ValueError(f"stream {s!r}: unknown codec or size outside [0, {MAX_PAYLOAD_BYTES}]")
+        end += s["size"]
+    if end != body_size:
+        raise ValueError(f"the streams declare {end} bytes, the file holds {body_size}")
+    kinds = {"q": ("q", "scale"), "f16": ("data",)}
+    for t in h["tensors"]:
+        shape, arrays = t["shape"], t["arrays"]
+        if not (isinstance(t["name"], str) and isinstance(shape, list) and len(shape) <= 4
+                and all(isinstance(n, int) and 1 <= n <= MAX_PAYLOAD_BYTES for n in shape)):
+            raise ValueError(f"tensor {t.get('name')!r}: bad name or shape {shape!r}")
+        if t["kind"] not in kinds or set(arrays) != set(kinds[t["kind"]]) or (t["kind"] == "q" and len(shape) != 2):
+            raise ValueError(f"tensor {t['name']!r}: unknown kind {t['kind']!r} or arrays {sorted(arrays)}")
+        for key, (stream, offset, dtype, count) in arrays.items():
+            expect = math.prod(shape) if key != "scale" else shape[0]
+            if (not isinstance(stream, int) or not 0 <= stream < len(streams) or dtype not in ARRAY_DTYPES
+                    or count != expect or not isinstance(offset, int) or offset < 0
+                    or offset + count * np.dtype(ARRAY_DTYPES[dtype]).itemsize > streams[stream]["raw"]):
+                raise ValueError(f"tensor {t['name']!r}: array {key} {[stream, offset, dtype, count]} is out of bounds")
 
 
 def read_artifact(path: str) -> tuple[dict, dict]:
-    """(model config, float32 state dict) from an artifact. Only raw numbers and JSON are parsed:
-    nothing in the file is ever executed."""
-    try:
-        blob = Path(path).read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read artifact ({e.strerror})") from None
-    head = len(ARTIFACT_MAGIC) + 2
-    if len(blob) < head or not blob.startswith(ARTIFACT_MAGIC):
-        raise ArtifactError(f"{path}: not an artifact written by train_gpt.py (wrong leading bytes)")
-    version = struct.unpack_from("<H", blob, len(ARTIFACT_MAGIC))[0]
-    if version != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path}: artifact format version {version}; this script reads version {ARTIFACT_VERSION}")
-    try:
-        body = zstandard.ZstdDecompressor().decompress(blob[head:], max_output_size=1 << 32)
-        size = struct.unpack_from("<I", body)[0]
-        header, payload = json.loads(body[4:4 + size]), body[4 + size:]
-    except (zstandard.ZstdError, struct.error, ValueError) as e:
-        raise ArtifactError(f"{path}: truncated or corrupted ({type(e).__name__}: {e})") from None
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
-        raise ArtifactError(f"{path}: payload checksum mismatch: the file is corrupted")
+    """(header, float32 state dict) from an artifact. Only JSON and raw numbers are parsed: nothing in
+    the file is ever executed, and nothing is decompressed beyond the sizes the header declares."""
+    header, body = read_artifact_header(path)
+    streams, at = [], 0
+    for s in header["streams"]:
+        try:
+            streams.append(CODECS[s["codec"]][1](body[at:at + s["size"]], s["raw"]))
+        except (zstandard.ZstdError, ValueError) as e:
+            raise ArtifactError(f"{path}: stream {len(streams)} cannot be decompressed ({e})") from None
+        at += s["size"]
     state = {}
-    try:
-        for e in header["tensors"]:
-            shape, count = e["shape"], math.prod(e["shape"])
-            if e["bits"] < 16:
-                q = np.frombuffer(payload, np.int8, count, e["data"]).astype(np.float32)
-                w = q.reshape(shape) * np.frombuffer(payload, np.float16, shape[0], e["scale"]).astype(np.float32)[:, None]
-            else:
-                w = np.frombuffer(payload, np.float16, count, e["data"]).astype(np.float32).reshape(shape)
-            state[e["name"]] = torch.from_numpy(w)
-        model = {k: header["model"][k] for k in MODEL_FIELDS}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{path}: malformed header ({type(e).__name__}: {e})") from None
-    return model, state
+    for t in header["tensors"]:
+        a = {k: np.frombuffer(streams[s], ARRAY_DTYPES[d], n, o).astype(np.float32) for k, (s, o, d, n) in t["arrays"].items()}
+        w = a["q"].reshape(t["shape"]) * a["scale"][:, None] if t["kind"] == "q" else a["data"].reshape(t["shape"])
+        state[t["name"]] = torch.from_numpy(w)
+    return header, state
 
 # ================================= evaluation =================================
+
+
+class EvalError(Exception):
+    """No honest score can be given; the message says why (no score is printed)."""
 
 
 def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Window starts and, per window, the first position it scores. Window k covers targets
     [start, start + seq_len) and scores only those no earlier window reached, so every target is
     scored exactly once; stride = seq_len gives plain non-overlapping evaluation."""
+    if not 1 <= stride <= seq_len <= num_targets:
+        raise EvalError(f"eval windows need 1 <= stride ({stride}) <= eval length ({seq_len}) <= validation "
+                        f"targets ({num_targets}); fix EVAL_STRIDE / EVAL_SEQ_LEN")
     starts = torch.arange(0, num_targets - seq_len + 1, stride)
     if starts[-1] + seq_len < num_targets:
         starts = torch.cat([starts, torch.tensor([num_targets - seq_len])])
     score_from = torch.zeros_like(starts)
     score_from[1:] = seq_len - (starts[1:] - starts[:-1])
     return starts, score_from
+
+
+def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int) -> list[tuple[int, torch.Tensor]]:
+    """(first scored position, window starts) batches: windows that score the same positions share a
+    batch, so every forward pass has a fixed shape and no padding; the same batches for any world size."""
+    out = []
+    for f in score_from.unique().tolist():
+        s = starts[score_from == f]
+        out += [(f, s[i:i + batch]) for i in range(0, len(s), batch)]
+    return out
 
 
 def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple:
@@ -1170,37 +1360,45 @@ def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, str
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
-    """(val_loss in nats, val_bpb) over all validation targets; windows are split across ranks and
-    batched at a fixed shape (the last batch is padded with fully masked windows)."""
-    seq_len, batch = cfg.eval_seq_len, cfg.eval_batch_seqs
-    starts, score_from = eval_windows(val.num_targets, seq_len, stride)
-    lo, hi = len(starts) * rt.rank // rt.world_size, len(starts) * (rt.rank + 1) // rt.world_size
-    starts, score_from = starts[lo:hi].to(rt.device), score_from[lo:hi].to(rt.device)
+    """(val_loss in nats, val_bpb) over all validation targets, each scored once: batches are dealt
+    round-robin to the ranks, and the scored targets are counted and checked before any score is given."""
+    seq_len = cfg.eval_seq_len
+    batches = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs)
+    mine = batches[rt.rank::rt.world_size]
     positions = torch.arange(seq_len, device=rt.device)
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # nll, tokens, bytes
-    num_batches = -(-len(starts) // batch)
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # nll, bytes
+    scored = 0
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    for b in range(num_batches):
-        s, f = starts[b * batch:(b + 1) * batch], score_from[b * batch:(b + 1) * batch]
-        s, f = F.pad(s, (0, batch - len(s))), F.pad(f, (0, batch - len(f)), value=seq_len)
-        idx = s[:, None] + positions
+    for b, (first, starts) in enumerate(mine):
+        idx = starts.to(rt.device)[:, None] + positions
         with rt.autocast():
-            nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long())
-        mask = positions >= f[:, None]
-        sums += torch.stack([(nll.double() * mask).sum(), mask.sum().double(),
-                             (val.target_bytes[idx] * mask).sum().double()])
-        if log and (b + 1) % max(1, num_batches // 10) == 0:
-            nll_sum, _, byte_sum = sums.tolist()
-            log(f"sliding_eval: {100 * (b + 1) // num_batches}% windows:{min((b + 1) * batch, len(starts))}/"
-                f"{len(starts)} (rank 0) running_bpb:{nll_sum / math.log(2) / max(byte_sum, 1):.4f} "
-                f"elapsed:{time.perf_counter() - t0:.1f}s")
-    if rt.world_size > 1:
-        dist.all_reduce(sums)
+            nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long(), first)
+        sums += torch.stack([nll.double().sum(), val.target_bytes[idx[:, first:]].sum().double()])
+        scored += nll.numel()
+        if log and (b + 1) % max(1, len(mine) // 10) == 0:
+            nll_sum, byte_sum = sums.tolist()
+            log(f"sliding_eval: {100 * (b + 1) // len(mine)}% batches:{b + 1}/{len(mine)} (rank 0) "
+                f"running_bpb:{nll_sum / math.log(2) / max(byte_sum, 1):.4f} elapsed:{time.perf_counter() - t0:.1f}s")
     model.train(was_training)
-    nll_sum, count, byte_sum = sums.tolist()
-    return nll_sum / count, nll_sum / math.log(2) / byte_sum
+    totals = torch.cat([sums.cpu(), torch.tensor([float(scored)], dtype=torch.float64)])
+    if rt.world_size > 1:
+        dist.all_reduce(totals, group=rt.host_group)
+    return score_from_sums(*totals.tolist(), val.num_targets)
+
+
+def score_from_sums(nll_sum: float, byte_sum: float, scored: float, num_targets: int) -> tuple[float, float]:
+    """(val_loss, val_bpb), refused unless exactly the validation targets were scored and the result is finite."""
+    if scored != num_targets:
+        raise EvalError(f"the evaluation scored {scored:.0f} targets but the validation split has {num_targets}: "
+                        "no score is given (please report this as a bug)")
+    loss, bpb = nll_sum / scored, nll_sum / math.log(2) / byte_sum
+    if not (math.isfinite(loss) and math.isfinite(bpb)):
+        raise EvalError(f"the score is not finite (val_loss {loss}, val_bpb {bpb}): the weights give non-finite "
+                        "losses; no score is given")
+    return loss, bpb
+
 
 # ==================================== main ====================================
 
@@ -1246,10 +1444,23 @@ def launch_command(settings: dict, world_size: int) -> str:
     return f"{env} {runner} train_gpt.py".strip()
 
 
+def load_artifact_weights(model: nn.Module, path: str) -> None:
+    """Load an artifact's weights, refused unless its tensors are exactly this model's."""
+    _, state = read_artifact(path)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: list(v.shape) for k, v in state.items()}
+    if ours != theirs:
+        raise ArtifactError(f"{path}: its tensors do not match the model its header describes "
+                            f"({len(set(map(str, ours.items())) ^ set(map(str, theirs.items())))} differ)")
+    model.load_state_dict(state)
+
+
 def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, code: tuple,
                      summary: dict) -> int:
-    """Score the weights read back from the artifact on disk, report size, write the summary."""
-    model.load_state_dict(read_artifact(cfg.artifact_path)[1])
+    """Score the weights read back from the artifact on disk, report size, write the summary; the last
+    line is the score under the name the challenge's tools read."""
+    if not cfg.eval_only:  # EVAL_ONLY loaded them before the log was opened
+        load_artifact_weights(model, cfg.artifact_path)
     r_loss, r_bpb, r_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
     if cfg.eval_stride == cfg.eval_seq_len:  # sliding at stride = window length is the plain evaluation
         s_loss, s_bpb, s_time = r_loss, r_bpb, 0.0
@@ -1265,6 +1476,7 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     over = total > SIZE_CAP_BYTES
     log(f"final_size artifact_bytes:{artifact_bytes} code_bytes:{len(code[0])} total_bytes:{total} "
         f"cap:{SIZE_CAP_BYTES} status:{'OVER_CAP' if over else 'ok'}")
+    log(f"Total submission size: {total} bytes")
     if over:
         log(f"error: total {total} bytes is {total - SIZE_CAP_BYTES} over the {SIZE_CAP_BYTES}-byte cap")
     summary.update(
@@ -1273,20 +1485,30 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
         eval_time_s=s_time or r_time, artifact_bytes=artifact_bytes, bytes_total=total, size_cap=SIZE_CAP_BYTES,
         over_cap=over, artifact_path=str(cfg.artifact_path))
     summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + r_time + s_time
-    log("summary_json: " + json.dumps(summary))
+    if log.path:
+        summary_path = log.path.with_suffix(".json")
+        write_atomic(summary_path, json.dumps(summary, indent=1).encode())
+        log(f"summary: {summary_path}")
+    log(f"final_int8_zlib_roundtrip_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f}")
     return 3 if over else 0
 
 
 def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
-    """Open logs/<RUN_ID>.txt on rank 0, refusing to overwrite an earlier run's log or artifact."""
+    """Open logs/<RUN_ID>.txt on rank 0, refusing to overwrite an earlier run's log, artifact or any
+    file at CHECKPOINT_PATH that is not the checkpoint being resumed."""
     path = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt"
+    ckpt = Path(cfg.checkpoint_path)
     error, log = None, RunLog(None)
     if not rt.is_main:
         pass
     elif path.exists() and not cfg.resume_from:
         error = f"log {path} already exists: choose another RUN_ID (or RESUME_FROM to continue that run)"
     elif not cfg.eval_only and Path(cfg.artifact_path).exists():
-        error = f"ARTIFACT_PATH={cfg.artifact_path} already exists: refusing to overwrite it; move it or choose another path"
+        error = (f"ARTIFACT_PATH={cfg.artifact_path} already exists{' (a folder)' if Path(cfg.artifact_path).is_dir() else ''}: "
+                 "refusing to overwrite it; move it or choose another path")
+    elif checkpoint_interval(cfg)[0] and ckpt.exists() and not (cfg.resume_from and ckpt.samefile(cfg.resume_from)):
+        error = (f"CHECKPOINT_PATH={ckpt} already exists{' (a folder)' if ckpt.is_dir() else ''} and is not the "
+                 "checkpoint being resumed: refusing to overwrite it; move it or choose another path")
     else:
         try:
             for folder in {path.parent, Path(cfg.artifact_path).parent}:
@@ -1300,22 +1522,82 @@ def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
     return log
 
 
-def run(cfg: Config, warnings: list[str], log_box: list) -> int:
-    code, user_settings = code_identity(), non_default_settings(cfg)
-    if cfg.eval_only:
-        model_config, _ = read_artifact(cfg.artifact_path)
-        clash = [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in model_config.items()
-                 if k.upper() in os.environ and getattr(cfg, k) != v]
-        if clash:
-            raise ConfigError("the environment disagrees with the artifact's model; unset these:\n  " + "\n  ".join(clash))
-        cfg = replace(cfg, **model_config)
+def settings_from_artifact(cfg: Config, header: dict, environ=os.environ) -> tuple[Config, list[str]]:
+    """EVAL_ONLY: the artifact's model and score settings; shape settings in the environment must agree,
+    and score settings given in the environment are used but reported (the score is then not a re-score)."""
+    clash = [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in header["model"].items()
+             if k.upper() in environ and getattr(cfg, k) != v]
+    if clash:
+        raise ConfigError("the environment disagrees with the artifact's model; unset these:\n  " + "\n  ".join(clash))
+    score = header["score"]
+    overridden = [f"{k.upper()}={getattr(cfg, k)} (the artifact's run used {v})" for k, v in score.items()
+                  if k.upper() in environ and getattr(cfg, k) != v]
+    kept = {k: v for k, v in score.items() if k.upper() not in environ}
+    return replace(cfg, **header["model"], **kept), overridden
+
+
+def memory_estimate(cfg: Config) -> tuple[float, float, int]:
+    """(training, evaluation) peak bytes per process estimated from the shapes, and the parameter count.
+    Deliberately modest: it exists to refuse sizes that cannot fit, not to predict the peak."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in GPT(cfg).parameters())
+    hidden, tokens = int(cfg.mlp_mult * cfg.model_dim), cfg.train_batch_tokens // cfg.micro_batches
+    per_token = cfg.num_layers * (8 * cfg.model_dim + 2 * hidden) * 2 + cfg.vocab_size * 8
+    train = 20 * params + tokens * per_token
+    evaluate = 8 * params + cfg.eval_batch_seqs * (cfg.eval_seq_len or cfg.train_seq_len) * (cfg.vocab_size * 8 + cfg.model_dim * 16)
+    return train, evaluate, params
+
+
+def memory_limit(device: torch.device) -> tuple[int, int]:
+    """(bytes of this device's memory, processes sharing it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, 1
+    try:
+        kib = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        total = kib * 1024
+    except (OSError, StopIteration, ValueError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def check_memory(cfg: Config, device: torch.device) -> None:
+    train, evaluate, params = memory_estimate(cfg)
+    need = evaluate if cfg.eval_only else max(train, evaluate)
+    total, sharing = memory_limit(device)
+    if need * sharing > total:
+        driver = ("EVAL_BATCH_SEQS / EVAL_SEQ_LEN" if evaluate >= train or cfg.eval_only else
+                  "TRAIN_BATCH_TOKENS (or raise MICRO_BATCHES)")
+        raise ConfigError(f"this configuration needs an estimated {need / 2**30:.1f} GiB per process ({params:,} "
+                          f"parameters; training {train / 2**30:.1f} GiB, evaluation {evaluate / 2**30:.1f} GiB) x "
+                          f"{sharing} process(es), more than the {total / 2**30:.1f} GiB of this {device.type} "
+                          f"device: lower {driver}, or MODEL_DIM / NUM_LAYERS / VOCAB_SIZE")
+
+
+def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
+    """The configuration actually used: environment, then (EVAL_ONLY) the artifact's settings, then
+    every check. Returns it with warnings and the score settings that differ from the artifact's."""
+    cfg, warnings = config_from_env(environ)
+    overridden = []
+    if cfg.eval_only and cfg.artifact_path:
+        cfg, overridden = settings_from_artifact(cfg, read_artifact_header(cfg.artifact_path)[0], environ)
+    validate_config(cfg, int(environ.get("WORLD_SIZE", "1")))
     cfg.eval_seq_len = cfg.eval_seq_len or cfg.train_seq_len
+    return cfg, warnings, overridden
+
+
+def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
+    code, user_settings = code_identity(), non_default_settings(cfg)
     if cfg.dry_run:
         log_header(print, cfg, None, "dry_run", code, "n/a", warnings)
-        print(f"model params:{sum(p.numel() for p in GPT(cfg).parameters())}")
+        train_bytes, eval_bytes, params = memory_estimate(cfg)
+        print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
+        print(f"model params:{params}")
         return 0
     # Inputs are checked on every rank before any process group or model exists.
+    check_memory(cfg, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
+                 else torch.device("cpu"))
     sp = load_tokenizer(cfg)
+    tokenizer_record = check_tokenizer_record(cfg)
     val_files = find_shards(cfg.data_path, "val")
     train_files = [] if cfg.eval_only else find_shards(cfg.data_path, "train")
     for f in train_files[1:]:
@@ -1329,17 +1611,24 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
     attention_name, attention = select_attention(cfg.attn_backend, rt.device)
-    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device)
-    audited = audit_byte_tables(val.tokens.cpu().numpy(), sp, tables) if cfg.bpb_audit else 0
-    resume = load_checkpoint(cfg.resume_from, cfg, rt.device) if cfg.resume_from else None
+    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
+    audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
+    model, run_model = build_model(cfg, rt, attention)
+    resume = load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
+    if cfg.eval_only:  # the whole artifact is checked before anything is written
+        load_artifact_weights(model, cfg.artifact_path)
     log_box[0] = log = open_run_log(cfg, rt)
     mode = "eval_only" if cfg.eval_only else "train"
     log_header(log, cfg, rt, mode, code, attention_name, warnings)
-    if audited:
-        log(f"bpb_audit: byte table matches the decoded text of {audited} validation documents")
+    if tokenizer_record:
+        log(f"tokenizer: sha256 matches the record {tokenizer_record}")
+    log(f"bpb_audit: {audited} validation documents re-encode to their ids and decode to the byte table's "
+        "UTF-8 lengths" if audited else "bpb_audit: off (BPB_AUDIT=0): the score is unaudited")
+    for o in overridden:
+        log(f"note: not a re-score: {o}")
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
-    model, run_model = build_model(cfg, rt, attention)
-    log(f"model params:{sum(p.numel() for p in model.parameters())} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model_params:{params} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
     name = device_name(rt.device)
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
                    config={k.upper(): v for k, v in asdict(cfg).items()}, non_default=user_settings,
@@ -1347,8 +1636,8 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
                    device_name=name, python=platform.python_version(), torch=torch.__version__,
                    hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
                              else f"{rt.world_size}x CPU process ({name})"),
-                   steps=0, step_avg_ms=0.0, train_time_s=0.0, stop_reason="none",
-                   prequant_val_loss=None, prequant_val_bpb=None)
+                   model_params=params, rescore_overrides=overridden, steps=0, step_avg_ms=0.0, train_time_s=0.0,
+                   stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:
         figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
         pre_loss, pre_bpb, pre_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
@@ -1358,8 +1647,9 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
                        prequant_val_loss=pre_loss, prequant_val_bpb=pre_bpb, total_eval_time_s=pre_time)
         error = None
         if rt.is_main:
+            score = {k: getattr(cfg, k) for k in SCORE_FIELDS}
             try:
-                write_atomic(Path(cfg.artifact_path), pack_artifact(model.state_dict(), cfg))
+                write_atomic(Path(cfg.artifact_path), pack_artifact(model.state_dict(), cfg, score))
             except OSError as e:
                 error = f"cannot write ARTIFACT_PATH={cfg.artifact_path}: {e}"
         agree(rt, error)
@@ -1370,23 +1660,35 @@ def run(cfg: Config, warnings: list[str], log_box: list) -> int:
     return status
 
 
-def main() -> int:
-    is_main = int(os.environ.get("RANK", "0")) == 0
+ERROR_KINDS = {ConfigError: ("configuration error", 2), DataError: ("data error", 2), ArtifactError: ("artifact error", 2),
+               TrainingStopped: ("training stopped", 1), EvalError: ("evaluation error", 1)}
+
+
+def main(environ=os.environ) -> int:
+    is_main = int(environ.get("RANK", "0")) == 0
     log_box = [RunLog(None)]
-    try:
-        cfg, warnings = config_from_env()
-        validate_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-        return run(cfg, warnings, log_box)
-    except (ConfigError, DataError, ArtifactError, TrainingStopped) as e:
-        kind = {ConfigError: "configuration error", DataError: "data error", ArtifactError: "artifact error",
-                TrainingStopped: "training stopped"}[type(e)]
+
+    def fail(kind: str, message: str) -> None:
         if is_main:
-            if log_box[0].file:
-                log_box[0].file.write(f"{kind}: {e}\n")
-            print(f"train_gpt.py: {kind}: {e}", file=sys.stderr, flush=True)
-        return 1 if isinstance(e, TrainingStopped) else 2
+            if log_box[0].file:  # the log of a run that started ends by saying it failed, and why
+                log_box[0].file.write(f"run failed: {kind}: {message}\n")
+                log_box[0].file.flush()
+            print(f"train_gpt.py: {kind}: {message}", file=sys.stderr, flush=True)
+    try:
+        cfg, warnings, overridden = resolve_config(environ)
+        return run(cfg, warnings, overridden, log_box)
+    except tuple(ERROR_KINDS) as e:
+        kind, status = ERROR_KINDS[type(e)]
+        fail(kind, str(e))
+        return status
     except SystemExit as e:  # SIGTERM after its checkpoint: 143
         return int(e.code)
+    except BaseException as e:  # a bug or an interrupt: say so in the log, keep the traceback on stderr
+        fail("unexpected error", f"{type(e).__name__}: {e}")
+        if not isinstance(e, KeyboardInterrupt):
+            import traceback
+            traceback.print_exc()
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

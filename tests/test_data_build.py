@@ -1,16 +1,15 @@
-"""Offline dataset builder and verifier (data/build_dataset.py), and the bad-input cases of both data scripts."""
+"""Offline dataset builder and verifier (data/build_dataset.py). Its bad-input cases (tests/cases_data_scripts.py)
+run in the project-wide table, tests/test_bad_inputs.py."""
 import hashlib
 import importlib.util
 import io
 import json
-import os
 import random
 import shutil
 import struct
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -590,57 +589,3 @@ def test_verify_checks_tokenizer_sha256_of_a_download(tmp_path, capsys):
     (tmp_path / "tokenizers" / "fineweb_8192_bpe.model").write_bytes(b"other")
     rc, lines = verify(folder, capsys)
     assert rc == 1 and lines[0].startswith("tokenizer.sha256: ") and "not the recorded" in lines[0]
-
-
-# ---------------------------------------------------------------- the table of bad inputs (tests/cases_data_scripts.py)
-
-def tree(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(folder.rglob("*"))}
-
-
-def listing(folder: Path) -> dict:
-    """Names, sizes and modification times (data/ may hold gigabytes of shards: no reading)."""
-    return {p.relative_to(folder).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
-
-
-def run_case(case, tmp: Path, sample: str):
-    def fill(text):
-        return text.replace("{tmp}", str(tmp)).replace("{sample}", sample)
-
-    tmp.mkdir()
-    if case.get("setup"):
-        getattr(cases, case["setup"])(tmp)
-    before = tree(tmp)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MATCHED_FINEWEB_", "HF_"))}
-    env["HF_HUB_OFFLINE"] = "1"  # a guard: no case may reach the network
-    env.update({k: fill(v) for k, v in case.get("env", {}).items()})
-    run = subprocess.run([sys.executable, case["script"], *map(fill, case["args"])], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
-    problems = []
-    if run.returncode != case["code"]:
-        problems.append(f"exit status {run.returncode}, expected {case['code']}")
-    if fill(case["message"]) not in run.stderr:
-        problems.append(f"stderr lacks {fill(case['message'])!r}")
-    if run.stderr.count("\n") != 1 or not run.stderr.endswith("\n") or "Traceback" in run.stderr:
-        problems.append("stderr is not exactly one line")
-    if tree(tmp) != before:
-        problems.append("it changed the temporary folder")
-    return [f"{case['id']}: {p}; stderr={run.stderr!r}" for p in problems]
-
-
-def test_bad_input_cases(sample_data, tmp_path):
-    sample_root = Path(sample_data[0]).parent.parent
-    before = tree(sample_root)
-    table = cases.CASES
-    assert len(table) >= 20 and {c["script"] for c in table} == {"data/build_dataset.py",
-                                                                 "data/cached_challenge_fineweb.py"}
-    assert all(set(c) <= {"id", "script", "args", "env", "setup", "code", "message"} for c in table)
-    repo_data = listing(REPO / "data")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda c: run_case(c, tmp_path / c["id"], sample_data[0]), table)
-        failures = [line for result in results for line in result]
-    assert not failures, "\n".join(failures)
-    assert tree(sample_root) == before
-    assert listing(REPO / "data") == repo_data

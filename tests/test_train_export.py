@@ -59,7 +59,8 @@ def packed_model(tmp_path, **kw):
 
 def test_artifact_round_trip_is_lossless_for_what_was_stored(tmp_path):
     cfg, model, path = packed_model(tmp_path, quant_bits_embed=8)
-    config, state = tg.read_artifact(str(path))
+    header, state = tg.read_artifact(str(path))
+    config = header["model"]
     assert config == {k: getattr(cfg, k) for k in tg.MODEL_FIELDS}
     assert list(state) == list(model.state_dict())
     for name, w in model.state_dict().items():
@@ -88,7 +89,7 @@ def test_pruned_export_compresses_smaller(tmp_path):
     (lambda b: b[:5], "not an artifact written by train_gpt.py"),
     (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:], "corrupted"),
     (lambda b: b"PK\x03\x04" + b[4:], "not an artifact written by train_gpt.py"),
-    (lambda b: b[:8] + struct.pack("<H", 99) + b[10:], "artifact format version 99; this script reads version 1"),
+    (lambda b: b[:8] + struct.pack("<H", 99) + b[10:], "artifact format version 99; this script reads version 2"),
 ])
 def test_damaged_artifacts_are_refused_with_the_file_named(tmp_path, damage, message):
     _, _, path = packed_model(tmp_path)
@@ -129,6 +130,41 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 def test_checkpoints_load_without_unpickling_code(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"config": {}, "x": _Exploit(str(marker))}, tmp_path / "evil.pt")
-    with pytest.raises(tg.ConfigError, match="is not a readable checkpoint"):
-        tg.load_checkpoint(str(tmp_path / "evil.pt"), tg.Config(), "cpu")
+    with pytest.raises(tg.ConfigError) as err:
+        tg.read_checkpoint(str(tmp_path / "evil.pt"))
+    assert "is not a train_gpt.py checkpoint: it cannot be read as plain tensors" in str(err.value)
+    assert "weights_only" not in str(err.value)
     assert not marker.exists()
+
+
+def test_hostile_artifacts_are_refused_fast_without_large_allocations(tmp_path):
+    """A flipped header byte, and a tiny zstd frame declaring 1 TiB, under an address-space limit of
+    the current size + 256 MiB: refused by our checks within a second, not by a failed allocation."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_bad_inputs import artifact_bytes, huge_frame
+    blob = artifact_bytes()
+    (tmp_path / "flipped.ptz").write_bytes(blob[:20] + bytes([blob[20] ^ 1]) + blob[21:])
+    (tmp_path / "huge.ptz").write_bytes(huge_frame(blob))
+    script = f"""
+import resource, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import train_gpt as tg
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+for path in sys.argv[1:]:
+    t = time.perf_counter()
+    try:
+        tg.read_artifact(path)
+        print("ACCEPTED", path)
+    except tg.ArtifactError as e:
+        print(f"{{time.perf_counter() - t:.3f}}", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "flipped.ptz"), str(tmp_path / "huge.ptz")],
+                         capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    assert "checksum mismatch" in lines[0] and "the zstd frame declares 1099511627776 bytes" in lines[1]
+    assert all(float(line.split()[0]) < 1.0 for line in lines)
