@@ -51,6 +51,7 @@ def S(default, allowed: str):
 @dataclass
 class Config:
     """Every setting. Environment variable = field name in upper case."""
+    recipe: str = S("classic", "classic|frontier")  # the table of defaults (RECIPES) the other settings start from
     # run and data
     data_path: str = S("./data/datasets/fineweb10B_sp1024", "path")
     tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "path")
@@ -90,6 +91,23 @@ class Config:
     bigram_dim: int = S(96, "[1, 1048576]")
     smear_gate: bool = S(True, "0|1")
     unet_skips: bool = S(True, "0|1")
+    # model: the frontier's ideas, each a switch (names as in the public records)
+    xsa_last_n: int = S(0, "[0, 1024]")
+    rope_dims: int = S(0, "[0, 1048576]")  # 0 = every head dim rotates
+    ln_scale: bool = S(False, "0|1")
+    mlp_act: str = S("relu2", "relu2|leaky_relu2")
+    mlp_leaky_slope: float = S(0.5, "[0, 1)")
+    smear_gate_enabled: bool = S(False, "0|1")  # the narrow, BOS-masked smear gate
+    gate_window: int = S(12, "[1, 1048576]")
+    sparse_attn_gate_enabled: bool = S(False, "0|1")
+    sparse_attn_gate_scale: float = S(1.0, "(0, 1e3]")
+    skip_gates_enabled: bool = S(False, "0|1")
+    parallel_start_layer: int = S(0, "[0, 1024]")  # 0 = off
+    parallel_final_lane: str = S("mean", "mean|attn|mlp")
+    num_loops: int = S(0, "[0, 64]")
+    loop_start: int = S(0, "[0, 1024]")
+    loop_end: int = S(0, "[0, 1024]")
+    enable_looping_at: float = S(0.0, "[0, 1]")
     # optimisation
     matrix_lr: float = S(0.025, "[0, 10]")
     scalar_lr: float = S(0.025, "[0, 10]")
@@ -98,14 +116,20 @@ class Config:
     muon_momentum_warmup_start: float = S(0.92, "[0, 1)")
     muon_momentum_warmup_steps: int = S(1500, "[0, inf)")
     muon_backend_steps: int = S(5, "[1, 100]")
+    muon_ns: str = S("standard", "standard|polar")  # Newton-Schulz coefficients: one quintic, or Polar Express
+    muon_row_normalize: bool = S(False, "0|1")  # MuonEq-R
     muon_wd: float = S(0.04, "[0, 100]")
     adam_wd: float = S(0.0, "[0, 100]")
+    embed_wd: float = S(0.0, "[0, 100]")
     beta1: float = S(0.9, "[0, 1)")
     beta2: float = S(0.95, "[0, 1)")
     adam_eps: float = S(1e-8, "(0, 1]")
     grad_clip_norm: float = S(0.3, "[0, inf)")
     swa_every: int = S(50, "[0, inf)")
     swa_start_frac: float = S(0.4, "(0, 1]")
+    ema_decay: float = S(0.0, "[0, 1)")  # 0 = off
+    warmdown_frac: float = S(0.0, "[0, 1]")  # > 0: warm-down over this fraction of the budget, instead of WARMDOWN_ITERS
+    min_lr: float = S(0.0, "[0, 1]")  # LR floor, as a fraction of the base LR
     qat_frac: float = S(0.0, "[0, 1]")
     # export
     quant_bits_mlp: int = S(5, "[2, 8]")
@@ -127,10 +151,27 @@ class Config:
 # Fields that define the network: stored in the artifact so it can be rebuilt without env.
 MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
                 "rope_base", "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate",
-                "unet_skips", "train_seq_len")
+                "unet_skips", "train_seq_len", "xsa_last_n", "rope_dims", "ln_scale", "mlp_act", "mlp_leaky_slope",
+                "smear_gate_enabled", "gate_window", "sparse_attn_gate_enabled", "sparse_attn_gate_scale",
+                "skip_gates_enabled", "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end")
 # Fields that change the score of given weights: stored in the artifact, the defaults of EVAL_ONLY.
 SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_tokens", "cpu_dtype", "compile",
                 "attn_backend")
+# Recipes: tables of defaults, applied before the environment. `classic` is the design card's recipe
+# (the published 12-layer int5-MLP configuration, the field defaults above); `frontier` is the
+# 1.0611 bpb record's configuration (FRONTIER.md) as it ran, where this script implements it.
+RECIPES = {
+    "classic": {},
+    "frontier": dict(
+        data_path="./data/datasets/fineweb10B_sp8192", tokenizer_path="./data/tokenizers/fineweb_8192_bpe.model",
+        vocab_size=8192, num_layers=11, mlp_mult=4.0, train_seq_len=2048, train_batch_tokens=786_432, val_loss_every=0,
+        qk_gain_init=5.0, bigram_vocab_size=0, smear_gate=False, xsa_last_n=11, rope_dims=16, ln_scale=True,
+        mlp_act="leaky_relu2", smear_gate_enabled=True, sparse_attn_gate_enabled=True, sparse_attn_gate_scale=0.5,
+        skip_gates_enabled=True, parallel_start_layer=8, num_loops=2, loop_start=3, loop_end=5, enable_looping_at=0.35,
+        matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03, muon_momentum=0.97, muon_ns="polar",
+        muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
+        ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7),
+}
 ENV_NAMES = {f.name.upper(): f for f in fields(Config)}
 DEFAULTS = Config()
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -180,8 +221,15 @@ def allowed_problem(name: str, value, allowed: str) -> str | None:
     return None
 
 
+def recipe_defaults(recipe: str) -> Config:
+    return replace(DEFAULTS, **RECIPES[recipe], recipe=recipe)
+
+
 def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
-    """Parse every setting from the environment. Returns the config and warnings."""
+    """Parse every setting from the environment over the defaults of RECIPE. Returns the config and warnings."""
+    recipe = environ.get("RECIPE", "classic").strip()
+    if recipe not in RECIPES:
+        raise ConfigError(f"RECIPE={recipe!r} is not allowed: use one of {', '.join(RECIPES)}")
     values, problems = {}, []
     for name, f in ENV_NAMES.items():
         if name in environ:
@@ -197,7 +245,7 @@ def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
             match = difflib.get_close_matches(name, ENV_NAMES, n=1, cutoff=0.8)
             if match:
                 warnings.append(f"{name} is not a setting and is ignored; did you mean {match[0]}?")
-    return Config(**values), warnings
+    return replace(recipe_defaults(recipe), **values), warnings
 
 
 def validate_config(cfg: Config, world_size: int) -> None:
@@ -229,6 +277,21 @@ def validate_config(cfg: Config, world_size: int) -> None:
                                       "(EVAL_SEQ_LEN, or TRAIN_SEQ_LEN when it is 0): use EVAL_STRIDE <= "
                                       f"{eval_len}, or {eval_len} for plain evaluation")
     need(cfg.bigram_vocab_size != 1, "BIGRAM_VOCAB_SIZE=1: use 0 (off) or >= 2")
+    head_dim = cfg.model_dim // cfg.num_heads
+    need(cfg.rope_dims == 0 or (cfg.rope_dims % 2 == 0 and 4 <= cfg.rope_dims <= head_dim),
+         f"ROPE_DIMS={cfg.rope_dims}: use 0 (every head dim) or an even number in [4, {head_dim}] (the head dim)")
+    need(cfg.xsa_last_n <= cfg.num_layers, f"XSA_LAST_N={cfg.xsa_last_n} is more than NUM_LAYERS={cfg.num_layers}")
+    need(cfg.gate_window <= cfg.model_dim, f"GATE_WINDOW={cfg.gate_window} is wider than MODEL_DIM={cfg.model_dim}")
+    need(not cfg.num_loops or cfg.loop_start <= cfg.loop_end < cfg.num_layers,
+         f"LOOP_START={cfg.loop_start} .. LOOP_END={cfg.loop_end} must satisfy LOOP_START <= LOOP_END < "
+         f"NUM_LAYERS={cfg.num_layers} when NUM_LOOPS={cfg.num_loops}")
+    if cfg.parallel_start_layer and (not cfg.num_loops or cfg.loop_start <= cfg.loop_end < cfg.num_layers):
+        encoder = layer_order(cfg, looping=True)[0]
+        need(cfg.parallel_start_layer < cfg.num_layers and all(i < cfg.parallel_start_layer for i in encoder),
+             f"PARALLEL_START_LAYER={cfg.parallel_start_layer} must be below NUM_LAYERS={cfg.num_layers} and past every "
+             f"U-Net encoder block ({sorted(set(encoder))}): parallel lanes run in the decoder only")
+    need(not (cfg.ema_decay and cfg.swa_every), f"EMA_DECAY={cfg.ema_decay} and SWA_EVERY={cfg.swa_every} are both on: "
+                                                "average one way (EMA_DECAY=0 or SWA_EVERY=0)")
     need(checkpoint_interval(cfg) is not None,
          f"CHECKPOINT_EVERY={cfg.checkpoint_every!r}: use 0 (off), a whole step count like 500, or seconds like 900s")
     need(not (cfg.eval_only and not cfg.artifact_path), "EVAL_ONLY=1 needs ARTIFACT_PATH=<file.ptz>")
@@ -251,7 +314,9 @@ def checkpoint_interval(cfg: Config):
 
 
 def non_default_settings(cfg: Config) -> dict:
-    return {k.upper(): v for k, v in asdict(cfg).items() if v != getattr(DEFAULTS, k)}
+    """Settings that differ from the defaults of the config's recipe."""
+    base = recipe_defaults(cfg.recipe)
+    return {k.upper(): v for k, v in asdict(cfg).items() if v != getattr(base, k)}
 
 # ============================ distributed setup & log ============================
 
@@ -314,16 +379,26 @@ def broadcast_str(rt: Runtime, value: str) -> str:
 
 
 class RunLog:
-    """Rank 0 writes every line to the console and to the log file; other ranks stay quiet."""
+    """Rank 0 writes every line to the log file and, unless `console=False`, to the console; other
+    ranks stay quiet."""
 
     def __init__(self, path: Path | None, append: bool = False):
         self.path, self.file = path, open(path, "a" if append else "x", encoding="utf-8") if path else None
 
-    def __call__(self, msg: str = "") -> None:
+    def __call__(self, msg: str = "", console: bool = True) -> None:
         if self.file:
-            print(msg, flush=True)
+            if console:
+                print(msg, flush=True)
             self.file.write(msg + "\n")
             self.file.flush()
+
+
+class DryRunLog:
+    """DRY_RUN prints everything, the full settings dump included, to the console."""
+    path = None
+
+    def __call__(self, msg: str = "", console: bool = True) -> None:
+        print(msg, flush=True)
 
 
 def device_name(device: torch.device) -> str:
@@ -591,23 +666,40 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float, train_seq_len: int, device) -> tuple:
-    """cos/sin for RoPE; NTK-aware base scaling when evaluating beyond the training length."""
+def rotary_tables(seq_len: int, rope_dims: int, base: float, train_seq_len: int, device) -> tuple:
+    """cos/sin for the first `rope_dims` dims of each head; NTK-aware base scaling beyond the training length."""
     if seq_len > train_seq_len:
-        base = base * (seq_len / train_seq_len) ** (head_dim / (head_dim - 2))
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+        base = base * (seq_len / train_seq_len) ** (rope_dims / (rope_dims - 2))
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+    """Rotate the first 2*cos.size(-1) dims of each head in pairs (first half, second half of them);
+    the other dims carry no position (partial RoPE)."""
+    half = cos.size(-1)
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
+
+
+def suffix(x: torch.Tensor, first: int) -> torch.Tensor:
+    """Positions first.. of a (B, T, ...) tensor; no slice at all for 0, which keeps the autograd graph
+    (and so fp32 results, bit for bit) the same as a model without suffix evaluation."""
+    return x[:, first:] if first else x
+
+
+def softcap(z: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * torch.tanh(z / cap) if cap else z
 
 
 def _sdpa(q, k, v):
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       is_causal=True, enable_gqa=k.size(2) != q.size(2))
+    """Causal attention over (B, T, heads, head_dim); queries may be the last positions only (aligned
+    to the end of the keys, as FlashAttention does)."""
+    tq, tk = q.size(1), k.size(1)
+    mask = None if tq == tk else torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       is_causal=mask is None, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
 
 
@@ -634,9 +726,11 @@ def select_attention(requested: str, device: torch.device):
 
 
 class CausalSelfAttention(nn.Module):
-    """GQA attention with RoPE, RMS-normed q/k and a learned per-head query gain."""
+    """GQA attention with (partial) RoPE, RMS-normed q/k and a learned per-head query gain; optionally
+    XSA (each head's output loses its component along its own token's value) and a sparse output gate
+    per head, sigmoid(scale * W_h . x[:GATE_WINDOW]), W zero-initialised (0.5 at init)."""
 
-    def __init__(self, cfg: Config, attention):
+    def __init__(self, cfg: Config, attention, layer: int):
         super().__init__()
         self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
         self.head_dim = cfg.model_dim // cfg.num_heads
@@ -646,46 +740,77 @@ class CausalSelfAttention(nn.Module):
         self.v = QATLinear(cfg.model_dim, kv_dim)
         self.proj = QATLinear(cfg.model_dim, cfg.model_dim)
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.sparse_attn_gate_enabled else None
+        self.gate_scale = cfg.sparse_attn_gate_scale
         self.attention = attention
 
-    def forward(self, x: torch.Tensor, rotary: tuple) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple, first: int = 0) -> torch.Tensor:
+        """Outputs for positions first.. (queries from those only; keys and values from all)."""
         B, T, _ = x.shape
-        q = rms_norm(self.q(x).view(B, T, self.num_heads, self.head_dim))
+        xq = suffix(x, first)
+        q = rms_norm(self.q(xq).view(B, T - first, self.num_heads, self.head_dim))
         k = rms_norm(self.k(x).view(B, T, self.num_kv_heads, self.head_dim))
         v = self.v(x).view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(q, *rotary) * self.q_gain.to(q.dtype)[:, None]
+        q = apply_rotary(q, suffix(rotary[0], first), suffix(rotary[1], first)) * self.q_gain.to(q.dtype)[:, None]
         k = apply_rotary(k, *rotary)
         y = self.attention(q.to(v.dtype), k.to(v.dtype), v)
-        return self.proj(y.reshape(B, T, -1))
+        if self.xsa:  # query head h reads kv head h // (heads per kv head), as GQA attention does
+            v_hat = F.normalize(suffix(v, first), dim=-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
+            y = y - (y * v_hat).sum(-1, keepdim=True) * v_hat
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate_scale * F.linear(xq[..., :self.gate.size(1)], self.gate.to(xq.dtype)))[..., None]
+        return self.proj(y.reshape(B, T - first, -1))
 
 
 class MLP(nn.Module):
+    """relu^2, or leaky_relu(slope)^2."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         hidden = int(cfg.mlp_mult * cfg.model_dim)
         self.fc = QATLinear(cfg.model_dim, hidden)
         self.proj = QATLinear(hidden, cfg.model_dim)
+        self.slope = cfg.mlp_leaky_slope if cfg.mlp_act == "leaky_relu2" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        h = self.fc(x)
+        return self.proj((F.relu(h) if self.slope is None else F.leaky_relu(h, self.slope)).square())
 
 
 class Block(nn.Module):
     """Pre-norm block with learned attention/MLP output scales and a learned mix of the residual
-    stream with the block-0 input x0."""
+    stream with the block-0 input x0; LN_SCALE multiplies the normed inputs by 1/sqrt(layer + 1)."""
 
-    def __init__(self, cfg: Config, attention):
+    def __init__(self, cfg: Config, attention, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg, attention)
+        self.attn = CausalSelfAttention(cfg, attention, layer)
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim)]))
+        self.ln_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, rotary: tuple) -> torch.Tensor:
-        x = self.resid_mix[0].to(x.dtype) * x + self.resid_mix[1].to(x.dtype) * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x), rotary)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x) * self.ln_scale if self.ln_scale != 1.0 else rms_norm(x)
+
+    def mix(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return self.resid_mix[0].to(x.dtype) * x + self.resid_mix[1].to(x.dtype) * x0
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, rotary: tuple, first: int = 0) -> torch.Tensor:
+        """The block's output at positions first.. (all of them by default)."""
+        x = self.mix(x, x0)
+        x = suffix(x, first) + self.attn_scale.to(x.dtype) * self.attn(self.norm(x), rotary, first)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.norm(x))
+
+    def parallel(self, lanes: tuple, x0: torch.Tensor, rotary: tuple, resid, post, first: int = 0) -> tuple:
+        """Parallel residual lanes: attention reads lane 0 (mixed with x0), the MLP reads lane 1, and each
+        lane becomes resid[l] * lane + post[0, l] * attention + post[1, l] * MLP."""
+        lane0, lane1 = lanes
+        a = self.attn_scale.to(lane0.dtype) * self.attn(self.norm(self.mix(lane0, x0)), rotary, first)
+        m = self.mlp_scale.to(lane0.dtype) * self.mlp(self.norm(suffix(lane1, first)))
+        resid, post = resid.to(lane0.dtype), post.to(lane0.dtype)
+        return tuple(resid[l] * suffix(lane, first) + post[0, l] * a + post[1, l] * m for l, lane in enumerate(lanes))
 
 
 def previous_token(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -712,7 +837,7 @@ class BigramHash(nn.Module):
 
 
 class SmearGate(nn.Module):
-    """Blends each position with the previous one through a learned per-dimension gate."""
+    """Blends each position with the previous one through a learned per-dimension gate (SMEAR_GATE)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -723,21 +848,48 @@ class SmearGate(nn.Module):
         return x + g * (F.pad(x[:, :-1], (0, 0, 1, 0)) - x)
 
 
+def narrow_smear(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """SMEAR_GATE_ENABLED: x_t + lam * sigmoid(W . x_t[:GATE_WINDOW]) * x_{t-1}, never at a BOS (so no
+    document sees the one before it); W and lam start at zero, so it is the identity at init."""
+    g = lam.to(x.dtype) * torch.sigmoid(F.linear(x[..., :weight.size(1)], weight.to(x.dtype)))
+    return x + g * (idx != BOS_ID)[..., None].to(x.dtype) * F.pad(x[:, :-1], (0, 0, 1, 0))
+
+
+def layer_order(cfg: Config, looping: bool) -> tuple[list, list]:
+    """(encoder, decoder) physical block indices in the order they run. With depth recurrence on,
+    LOOP_START..LOOP_END run 1 + NUM_LOOPS times; the first half of the unrolled order is the U-Net
+    encoder (its outputs feed the decoder's skips, last in first out)."""
+    order = list(range(cfg.num_layers))
+    if looping and cfg.num_loops:
+        loop = order[cfg.loop_start:cfg.loop_end + 1]
+        order = order[:cfg.loop_start] + loop * (cfg.num_loops + 1) + order[cfg.loop_end + 1:]
+    half = len(order) // 2 if cfg.unet_skips else 0
+    return order[:half], order[half:]
+
+
 class GPT(nn.Module):
     """Tied-embedding GPT. `forward(idx, targets)` returns per-token NLL (nats): the training loss is
-    its mean and evaluation sums it, so both share one body."""
+    its mean and evaluation sums it, so both share one body. `looping` turns depth recurrence on."""
 
     def __init__(self, cfg: Config, attention=_sdpa):
         super().__init__()
-        self.softcap = cfg.logit_softcap
-        self.rope = (cfg.model_dim // cfg.num_heads, cfg.rope_base, cfg.train_seq_len)
+        self.cfg, self.softcap, self.looping = cfg, cfg.logit_softcap, False
+        head_dim = cfg.model_dim // cfg.num_heads
+        self.rope = (cfg.rope_dims or head_dim, cfg.rope_base, cfg.train_seq_len)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         self.bigram = BigramHash(cfg) if cfg.bigram_vocab_size else None
         self.smear = SmearGate(cfg.model_dim) if cfg.smear_gate else None
-        self.blocks = nn.ModuleList(Block(cfg, attention) for _ in range(cfg.num_layers))
-        self.num_encoder = cfg.num_layers // 2 if cfg.unet_skips else 0
-        num_skips = min(self.num_encoder, cfg.num_layers - self.num_encoder)
+        if cfg.smear_gate_enabled:
+            self.smear_weight = nn.Parameter(torch.zeros(1, cfg.gate_window))
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
+        self.blocks = nn.ModuleList(Block(cfg, attention, i) for i in range(cfg.num_layers))
+        self.num_skips = num_skips = min(map(len, layer_order(cfg, looping=True)))
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
+        self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim)) if num_skips and cfg.skip_gates_enabled else None
+        self.parallel_start = cfg.parallel_start_layer or cfg.num_layers
+        if cfg.parallel_start_layer:
+            self.parallel_post = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
+            self.parallel_resid = nn.Parameter(torch.full((cfg.num_layers, 2), 1.1))
         self._init_weights(cfg)
 
     def _init_weights(self, cfg: Config) -> None:
@@ -751,38 +903,56 @@ class GPT(nn.Module):
             nn.init.normal_(self.bigram.table.weight, std=0.02)
             nn.init.zeros_(self.bigram.proj.weight)
 
+    def skip(self, j: int, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Decoder slot j's U-Net skip: x + w*s, or with SKIP_GATES_ENABLED lerp(w*s, x, sigmoid(g))."""
+        ws = self.skip_weights[j].to(x.dtype) * s
+        return x + ws if self.skip_gates is None else torch.lerp(ws, x, torch.sigmoid(self.skip_gates[j].to(x.dtype)))
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor, first: int = 0) -> torch.Tensor:
-        """Per-token NLL of targets[:, first:] (the head runs only where a target is scored)."""
+        """Per-token NLL of targets[:, first:] (the last block and the head run only where a target is scored)."""
         prev, has_prev = previous_token(idx)
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # residual stream in bf16, like the weights' matmuls
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.cfg.smear_gate_enabled:
+            x = narrow_smear(x, idx, self.smear_weight, self.smear_lambda)
         if self.bigram is not None:
             x = x + self.bigram(idx, prev, has_prev).to(x.dtype)
         x = rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, has_prev)
-        x0, skips = x, []
-        rotary = rotary_tables(idx.size(1), *self.rope, idx.device)
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_encoder and skips:
-                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
-            x = block(x, x0, rotary)
-            if i < self.num_encoder:
-                skips.append(x)
+        x0, skips, lanes = x, [], None
+        rotary = tuple(t.to(x.dtype) for t in rotary_tables(idx.size(1), *self.rope, idx.device))  # angles in fp32
+        encoder, decoder = layer_order(self.cfg, self.looping)
+        for i in encoder:
+            x = self.blocks[i](x, x0, rotary)
+            skips.append(x)
+        for j, i in enumerate(decoder):
+            f = first if j == len(decoder) - 1 else 0
+            if skips and j < self.num_skips:
+                if lanes is None:
+                    x = self.skip(j, x, skips.pop())
+                else:  # into the attention lane only
+                    lanes = (self.skip(j, lanes[0], skips.pop()), lanes[1])
+            if i < self.parallel_start:
+                x = self.blocks[i](x, x0, rotary, f)
+            else:
+                lanes = self.blocks[i].parallel(lanes or (x, x), x0, rotary, self.parallel_resid[i], self.parallel_post[i], f)
+        if lanes is not None:
+            x = {"mean": (lanes[0] + lanes[1]) / 2, "attn": lanes[0], "mlp": lanes[1]}[self.cfg.parallel_final_lane]
         targets = targets[:, first:]
-        logits = F.linear(rms_norm(x[:, first:]), self.tok_emb.weight).float()
-        if self.softcap:
-            logits = self.softcap * torch.tanh(logits / self.softcap)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        logits = softcap(F.linear(rms_norm(x), self.tok_emb.weight), self.softcap)  # in the compute dtype
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per matmul weight (lm head included) + causal attention."""
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, QATLinear))
-    matmul += model.tok_emb.weight.numel()
-    dim = model.tok_emb.weight.size(1)
-    return 6.0 * matmul + 6.0 * len(model.blocks) * seq_len * dim
+    """Training FLOPs per token: 6 per use of a matmul weight (lm head included; a looped block once
+    per pass) + causal attention."""
+    runs = sum(layer_order(model.cfg, looping=True), [])
+    weights = {name: m.weight.numel() for name, m in model.named_modules() if isinstance(m, QATLinear)}
+    matmul = model.tok_emb.weight.numel() + sum(n * (runs.count(int(k.split(".")[1])) if k.startswith("blocks.") else 1)
+                                                for k, n in weights.items())
+    return 6.0 * matmul + 6.0 * len(runs) * seq_len * model.tok_emb.weight.size(1)
 
 
 def peak_flops(rt: Runtime) -> float:
@@ -802,15 +972,24 @@ def peak_flops(rt: Runtime) -> float:
 # ================================== optimizer ==================================
 
 
-def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """Approximate the orthogonal polar factor of g with a quintic Newton-Schulz iteration (bf16)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+NS_STANDARD = ((3.4445, -4.7750, 2.0315),)  # one quintic, repeated
+NS_POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  # one per iteration
+                    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+
+def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple = NS_STANDARD) -> torch.Tensor:
+    """Approximate the orthogonal polar factor of g with quintic Newton-Schulz iterations in bf16:
+    X <- aX + (bA + cA^2)X, A = XX^T; iteration i uses coefficients[i] (the last one repeats)."""
     x = g.bfloat16()
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
     x = x / (x.norm() + 1e-7)
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coefficients[min(i, len(coefficients) - 1)]
         s = x @ x.T
         x = a * x + (b * s + c * s @ s) @ x
     return x.T if tall else x
@@ -818,66 +997,88 @@ def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
 
 class Muon(torch.optim.Optimizer):
     """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum
-    buffers (cheap, and checkpoints stay rank-independent); the Newton-Schulz work is split
-    round-robin across ranks and the updates are summed with one all-reduce."""
+    buffers (cheap, and checkpoints stay rank-independent). Each matrix is orthogonalised by one rank
+    (shares balanced by size, largest first), which writes it into its slot of a persistent buffer;
+    one all-gather gives every rank every update: each rank sends only what it computed. With
+    `row_normalize` (MuonEq-R) each row of the Nesterov update is scaled to unit norm first."""
 
     def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime,
-                 orthogonalise=newton_schulz):
+                 orthogonalise=newton_schulz, coefficients: tuple = NS_STANDARD, row_normalize: bool = False):
         super().__init__(params, dict(lr=lr, base_lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
-        self.rt, self.orthogonalise = rt, orthogonalise
+        self.rt, self.orthogonalise, self.coefficients, self.row_normalize = rt, orthogonalise, coefficients, row_normalize
+        params = self.param_groups[0]["params"]
+        loads, self.slots = [0] * rt.world_size, [None] * len(params)
+        for i in sorted(range(len(params)), key=lambda i: -params[i].numel()):
+            owner = loads.index(min(loads))
+            self.slots[i] = (owner, loads[owner])
+            loads[owner] += params[i].numel()
+        self.shard = max(loads)
+        self.gathered = torch.zeros(rt.world_size * self.shard, dtype=torch.bfloat16, device=params[0].device)
+        self.local = self.gathered[rt.rank * self.shard:(rt.rank + 1) * self.shard]
+        if rt.world_size > 1:
+            self.local = self.local.clone()  # all-gather reads its own buffer
+
+    def bytes_per_step(self) -> int:
+        """Bytes each rank sends in the update all-gather."""
+        return 2 * self.shard if self.rt.world_size > 1 else 0
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            params = group["params"]
-            sizes = [p.numel() for p in params]
-            updates = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
-            offsets = np.cumsum([0] + sizes)
-            for i, p in enumerate(params):
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-                buf = self.state[p]["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(p.grad)
-                if i % self.rt.world_size == self.rt.rank:
-                    g = p.grad.add(buf, alpha=group["momentum"])
-                    u = self.orthogonalise(g, group["steps"]) * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    updates[offsets[i]:offsets[i + 1]] = u.flatten()
-            if self.rt.world_size > 1:
-                dist.all_reduce(updates)
-            for i, p in enumerate(params):
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-group["lr"])
+        group = self.param_groups[0]
+        params, mu = group["params"], group["momentum"]
+        bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+        torch._foreach_mul_(bufs, mu)
+        torch._foreach_add_(bufs, [p.grad for p in params])
+        for p, buf, (owner, at) in zip(params, bufs, self.slots):
+            if owner == self.rt.rank:
+                g = p.grad.add(buf, alpha=mu)  # Nesterov
+                if self.row_normalize:
+                    g = g / g.float().norm(dim=1, keepdim=True).clamp_min(1e-7)
+                u = self.orthogonalise(g, group["steps"], self.coefficients) * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                self.local[at:at + p.numel()] = u.flatten()
+        if self.rt.world_size > 1:  # all_gather_single: the name of this collective from torch 2.12 on
+            (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(self.gathered, self.local)
+        torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+        for p, (owner, at) in zip(params, self.slots):
+            start = owner * self.shard + at
+            p.add_(self.gathered[start:start + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.Optimizer]:
-    """Muon for every QATLinear weight; AdamW for the embedding tables and for scalars/controls."""
+    """Muon for every QATLinear weight; AdamW for the embedding tables (EMBED_WD) and for scalars/controls
+    (ADAM_WD)."""
     matrices = [m.weight for m in model.modules() if isinstance(m, QATLinear)]
     tables = [model.tok_emb.weight] + ([model.bigram.table.weight] if model.bigram is not None else [])
     taken = {id(p) for p in matrices + tables}
     scalars = [p for p in model.parameters() if id(p) not in taken]
     adam = torch.optim.AdamW(
-        [dict(params=tables, lr=cfg.tied_embed_lr, base_lr=cfg.tied_embed_lr),
-         dict(params=scalars, lr=cfg.scalar_lr, base_lr=cfg.scalar_lr)],
-        betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.adam_wd,
-        fused=rt.device.type == "cuda")
+        [dict(params=tables, lr=cfg.tied_embed_lr, base_lr=cfg.tied_embed_lr, weight_decay=cfg.embed_wd),
+         dict(params=scalars, lr=cfg.scalar_lr, base_lr=cfg.scalar_lr, weight_decay=cfg.adam_wd)],
+        betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=rt.device.type == "cuda")
     orthogonalise = torch.compile(newton_schulz) if cfg.compile == "1" else newton_schulz
-    return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt, orthogonalise),
+    return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt, orthogonalise,
+                 NS_POLAR_EXPRESS if cfg.muon_ns == "polar" else NS_STANDARD, cfg.muon_row_normalize),
             adam]
 
 # ================================ training loop ================================
 
 
 def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
-    """1 until the warm-down, then linear to 0 at ITERATIONS or at the step predicted to hit the
-    wall-clock cap (per-step time measured on training steps only), whichever comes first."""
-    if cfg.warmdown_iters <= 0:
-        return 1.0
-    scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters)
-    if cfg.max_wallclock_seconds > 0 and step > 0:
-        warmdown_ms = cfg.warmdown_iters * elapsed_ms / step
-        remaining_ms = max(1000 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
-        scale = min(scale, remaining_ms / warmdown_ms if warmdown_ms > 0 else 1.0)
-    return scale
+    """LR multiplier, never below MIN_LR. With WARMDOWN_FRAC: 1, then linear to 0 over the last
+    WARMDOWN_FRAC of training (by steps or wall clock, whichever is further along). Otherwise: 1 until
+    the warm-down, then linear to 0 at ITERATIONS or at the step predicted to hit the wall-clock cap
+    (per-step time measured on training steps only), whichever comes first."""
+    if cfg.warmdown_frac:
+        scale = min(1.0, (1 - training_progress(cfg, step, elapsed_ms)) / cfg.warmdown_frac)
+    elif cfg.warmdown_iters <= 0:
+        scale = 1.0
+    else:
+        scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters)
+        if cfg.max_wallclock_seconds > 0 and step > 0:
+            warmdown_ms = cfg.warmdown_iters * elapsed_ms / step
+            remaining_ms = max(1000 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
+            scale = min(scale, remaining_ms / warmdown_ms if warmdown_ms > 0 else 1.0)
+    return max(scale, cfg.min_lr)
 
 
 def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
@@ -960,8 +1161,12 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
           val: ValData, resume: dict | None) -> dict:
     """Train `model` (through `run_model`, its compiled form), from a checkpoint's state if `resume`
     is given; returns step count and timing."""
-    train_model = DDP(run_model) if rt.world_size > 1 else run_model
+    train_model = DDP(run_model, gradient_as_bucket_view=True) if rt.world_size > 1 else run_model
     optimizers = build_optimizers(model, cfg, rt)
+    if rt.world_size > 1:
+        grad_bytes = 4 * sum(p.numel() for p in model.parameters())
+        log(f"comm per step per rank: gradient all-reduce {grad_bytes / 2**20:.2f} MiB (DDP buckets, overlapped with "
+            f"the backward), Muon update all-gather sends {optimizers[0].bytes_per_step() / 2**20:.2f} MiB")
     accum = cfg.micro_batches // rt.world_size
     linears = [m for m in model.modules() if isinstance(m, QATLinear)]
     qat_bits = {id(m): quant_bits_for(name, cfg) % 16 for name, m in model.named_modules() if isinstance(m, QATLinear)}
@@ -996,25 +1201,27 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         model.zero_grad(set_to_none=True)
         return total
 
-    # Warm-up: compile and prime kernels (QAT graph too, if used), then restore the initial state.
+    # Warm-up: compile and prime kernels (with depth recurrence and QAT too, if used, so that switching
+    # them on mid-run compiles nothing), then restore the initial state.
     if cfg.warmup_steps > 0:
         initial = copy.deepcopy((model.state_dict(), [o.state_dict() for o in optimizers]))
         loader = TrainLoader(train_files, cfg, rt)
         for w in range(cfg.warmup_steps):
-            set_qat(cfg.qat_frac > 0 and w >= cfg.warmup_steps // 2)
+            model.looping = cfg.num_loops > 0 and 3 * w >= cfg.warmup_steps
+            set_qat(cfg.qat_frac > 0 and 3 * w >= 2 * cfg.warmup_steps)
             train_step(loader, 1.0, cfg.muon_momentum_warmup_start)
         set_qat(False)
+        model.looping = False
         model.load_state_dict(initial[0])
         for opt, s in zip(optimizers, initial[1]):
             opt.load_state_dict(s)
         rt.sync()
         log(f"warmup: {cfg.warmup_steps} steps done, model and optimiser state restored")
         if cfg.compile == "1":
-            from torch._dynamo.utils import counters
-            breaks = counters["graph_break"]
+            breaks = compile_counters()["graph_break"]
             log(f"compile: {sum(breaks.values())} graph break(s)" + "".join(f"; {r[:80]}" for r in list(breaks)[:3]))
 
-    loader, swa = TrainLoader(train_files, cfg, rt), SWA()
+    loader, swa, ema = TrainLoader(train_files, cfg, rt), SWA(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, training_ms = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -1023,7 +1230,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         loader.stream.load_state(resume["loader"])
         if resume["swa"]["count"]:
             swa.load_state_dict(resume["swa"])
-        step, training_ms = resume["step"], resume["training_ms"]
+        if ema:
+            ema.shadow = resume["ema"]
+        step, training_ms, model.looping = resume["step"], resume["training_ms"], resume["looping"]
         torch.set_rng_state(resume["rng"].cpu())
         log(f"resumed from {cfg.resume_from} at step {step} (training time so far {training_ms / 1000:.1f}s)")
 
@@ -1041,8 +1250,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if rt.is_main:
             save_checkpoint(ckpt_path, dict(
                 model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
-                loader=loader.stream.state(), swa=swa.state_dict(), step=step, training_ms=training_ms,
-                rng=torch.get_rng_state(), config=asdict(cfg)))
+                loader=loader.stream.state(), swa=swa.state_dict(), ema=ema.shadow if ema else None, step=step,
+                training_ms=training_ms, looping=model.looping, rng=torch.get_rng_state(), config=asdict(cfg)))
         if rt.world_size > 1:
             dist.barrier()
         log(f"checkpoint: step {step} written to {ckpt_path} ({reason})")
@@ -1061,6 +1270,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
                                   "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data.")
         last_good = (at_step, value)
     agreed_ms = training_ms  # training time all ranks agree on (max over ranks, one step old)
+    recompiled = 0
     rt.sync()
     t0 = time.perf_counter()
     while True:
@@ -1081,8 +1291,16 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if cfg.qat_frac > 0 and not linears[0].qat_bits and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac:
             set_qat(True)
             log(f"qat: fake quantisation at the export bit widths from step {step}")
+        if cfg.num_loops and not model.looping and training_progress(cfg, step, agreed_ms) >= cfg.enable_looping_at:
+            model.looping = True
+            log(f"looping: depth recurrence on from step {step}; blocks run as encoder {layer_order(cfg, True)[0]} "
+                f"decoder {layer_order(cfg, True)[1]}")
+        graphs = compiled_graphs()
         loss = train_step(loader, scale, momentum)
+        recompiled += compiled_graphs() - graphs
         step += 1
+        if ema:
+            ema.update(model)
         # Non-finite check one step behind, so the host never waits on the step it just launched.
         if pending is not None:
             check_finite(*pending)
@@ -1111,13 +1329,32 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     if pending is not None:
         check_finite(*pending)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if cfg.compile == "1":
+        log(f"compile: {recompiled} graph(s) compiled during the training steps after the warm-up")
     rt.sync()
     if swa.count:
         model.load_state_dict(swa.average())
         log(f"swa: averaged {swa.count} snapshots")
+    if ema:
+        model.load_state_dict(ema.shadow)
+        log(f"ema: the exponential moving average (decay {cfg.ema_decay}) replaces the weights")
     return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason)
 
 # ================================== averaging ==================================
+
+
+class EMA:
+    """Exponential moving average of the weights, updated after every optimiser step from the initial
+    weights on: shadow <- decay * shadow + (1 - decay) * w, in fp32; loaded into the model for export."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        torch._foreach_lerp_(list(self.shadow.values()), [state[k].float() for k in self.shadow], 1 - self.decay)
 
 
 class SWA:
@@ -1358,7 +1595,7 @@ def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, str
     return loss, bpb, time.perf_counter() - t0
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
     """(val_loss in nats, val_bpb) over all validation targets, each scored once: batches are dealt
     round-robin to the ranks, and the scored targets are counted and checked before any score is given."""
@@ -1408,11 +1645,25 @@ def code_identity() -> tuple[bytes, str]:
     return code, hashlib.sha256(code).hexdigest()
 
 
+def compile_counters() -> dict:
+    from torch._dynamo.utils import counters
+    return counters
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled so far (0 when it was never used)."""
+    return compile_counters()["stats"]["unique_graphs"] if "torch._dynamo" in sys.modules else 0
+
+
 def build_model(cfg: Config, rt: Runtime, attention) -> tuple[GPT, nn.Module]:
-    """The model on the device and the callable used for training/eval (compiled when on)."""
+    """The model on the device and the callable used for training/eval (compiled when on: one graph per
+    shape and switch state, so looping, QAT and the evaluation shapes each compile once)."""
     torch.manual_seed(cfg.seed)
     model = GPT(cfg, attention).to(rt.device)
-    return model, torch.compile(model, dynamic=False) if cfg.compile == "1" else model
+    if cfg.compile != "1":
+        return model, model
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return model, torch.compile(model, dynamic=False)
 
 
 def agree(rt: Runtime, error: str | None) -> None:
@@ -1422,8 +1673,11 @@ def agree(rt: Runtime, error: str | None) -> None:
         raise ConfigError(error or "another process failed; see its message")
 
 
-def log_header(log: RunLog, cfg: Config, rt: Runtime | None, mode: str, code: tuple, attention: str, warnings) -> None:
-    log(f"train_gpt run_id:{cfg.run_id} mode:{mode}")
+def log_header(log, cfg: Config, rt: Runtime | None, mode: str, code: tuple, attention: str, warnings) -> None:
+    """Identity of the run; the settings that differ from the recipe; every setting (log file only)."""
+    if log.path:
+        print(f"log: {log.path}", flush=True)
+    log(f"train_gpt run_id:{cfg.run_id} mode:{mode} recipe:{cfg.recipe}")
     log(f"code sha256:{code[1]} bytes:{len(code[0])}")
     log(f"versions python:{platform.python_version()} torch:{torch.__version__} numpy:{np.__version__} "
         f"zstandard:{zstandard.__version__} sentencepiece:{spm.__version__}")
@@ -1431,9 +1685,11 @@ def log_header(log: RunLog, cfg: Config, rt: Runtime | None, mode: str, code: tu
         log(f"device type:{rt.device.type} name:{device_name(rt.device)} world_size:{rt.world_size} "
             f"backend:{dist.get_backend() if dist.is_initialized() else 'none'} attention:{attention} "
             f"compile:{cfg.compile} precision:{rt.autocast_dtype or torch.float32}")
-    log("config:")
+    log(f"settings that differ from the {cfg.recipe} recipe: "
+        + (" ".join(f"{k}={v}" for k, v in non_default_settings(cfg).items()) or "none"))
+    log("config:", console=False)
     for k, v in asdict(cfg).items():
-        log(f"  {k.upper()}={v}")
+        log(f"  {k.upper()}={v}", console=False)
     for w in warnings:
         log(f"warning: {w}")
 
@@ -1588,10 +1844,10 @@ def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
 def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
     code, user_settings = code_identity(), non_default_settings(cfg)
     if cfg.dry_run:
-        log_header(print, cfg, None, "dry_run", code, "n/a", warnings)
+        log_header(DryRunLog(), cfg, None, "dry_run", code, "n/a", warnings)
         train_bytes, eval_bytes, params = memory_estimate(cfg)
         print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
-        print(f"model params:{params}")
+        print(f"model_params:{params}")
         return 0
     # Inputs are checked on every rank before any process group or model exists.
     check_memory(cfg, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
@@ -1617,6 +1873,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     resume = load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
     if cfg.eval_only:  # the whole artifact is checked before anything is written
         load_artifact_weights(model, cfg.artifact_path)
+        model.looping = cfg.num_loops > 0
     log_box[0] = log = open_run_log(cfg, rt)
     mode = "eval_only" if cfg.eval_only else "train"
     log_header(log, cfg, rt, mode, code, attention_name, warnings)
@@ -1640,6 +1897,10 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
                    stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:
         figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
+        if cfg.num_loops and not model.looping:
+            log(f"warning: training ended before ENABLE_LOOPING_AT={cfg.enable_looping_at}; it is scored with depth "
+                "recurrence on, as the artifact will always be")
+        model.looping = cfg.num_loops > 0
         pre_loss, pre_bpb, pre_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
         log(f"final_prequant_exact val_loss:{pre_loss:.8f} val_bpb:{pre_bpb:.8f} eval_time:{1000 * pre_time:.0f}ms")
         summary.update(steps=figures["steps"], step_avg_ms=figures["train_time_ms"] / max(figures["steps"], 1),

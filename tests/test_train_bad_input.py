@@ -78,7 +78,7 @@ def test_dry_run_validates_and_prints_without_touching_data(capsys, monkeypatch,
     monkeypatch.setenv("DATA_PATH", str(tmp_path / "nowhere"))
     assert tg.main() == 0
     out = capsys.readouterr().out
-    assert "train_gpt run_id: mode:dry_run" in out and "  NUM_LAYERS=12" in out
-    assert out.strip().endswith(f"model params:{sum(p.numel() for p in tg.GPT(tg.Config()).parameters())}")
+    assert "train_gpt run_id: mode:dry_run recipe:classic" in out and "  NUM_LAYERS=12" in out
+    assert out.strip().endswith(f"model_params:{sum(p.numel() for p in tg.GPT(tg.Config()).parameters())}")
     assert "memory_estimate train:" in out
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,81 @@
+"""End-to-end CPU runs of a tiny frontier configuration (every switch on, BigramHash and the classic
+smear gate too): 2 processes train, export and score; a run killed before depth recurrence switches on
+resumes to the same score; compiled, it matches eager and compiles nothing after the warm-up."""
+import re
+import signal
+
+import pytest
+
+from conftest import final_figures, run_trainer, train_losses, trainer_env
+from test_train_resume import interrupt_after, start
+
+FRONTIER_TINY = dict(RECIPE="frontier", VOCAB_SIZE=1024, NUM_LAYERS=4, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2,
+                     MLP_MULT=2, XSA_LAST_N=4, ROPE_DIMS=8, GATE_WINDOW=8, PARALLEL_START_LAYER=3, NUM_LOOPS=1,
+                     LOOP_START=1, LOOP_END=1, ENABLE_LOOPING_AT=0.5, SWA_EVERY=0, SMEAR_GATE=1, WARMUP_STEPS=3,
+                     QUANT_BITS_MLP=5)
+
+
+def frontier_env(sample_data, **kw):
+    return trainer_env(sample_data, **{**FRONTIER_TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def frontier_two(sample_data, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("frontier")
+    res = run_trainer(cwd, frontier_env(sample_data, RUN_ID="f2"), nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cwd, (cwd / "logs" / "f2.txt").read_text()
+
+
+def test_two_process_frontier_run_trains_exports_and_scores(frontier_two):
+    _, log = frontier_two
+    assert "train_gpt run_id:f2 mode:train recipe:frontier" in log
+    assert re.search(r"^looping: depth recurrence on from step 6; blocks run as encoder \[0, 1\] decoder \[1, 2, 3\]$", log, re.M)
+    assert "ema: the exponential moving average (decay 0.9965) replaces the weights" in log
+    losses = [v for _, v in train_losses(log)]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.5
+    pre, post, sliding = (float(final_figures(log, k)[1]) for k in ("final_prequant_exact", "final_roundtrip_exact",
+                                                                    "final_sliding_exact"))
+    assert sliding < post and abs(post - pre) < 0.05
+
+
+def test_frontier_artifact_is_rescored_exactly(frontier_two, sample_data):
+    cwd, log = frontier_two
+    env = {k: v for k, v in frontier_env(sample_data, EVAL_ONLY=1, ARTIFACT_PATH=cwd / "logs" / "f2.ptz",
+                                         RUN_ID="f2e").items() if k not in FRONTIER_TINY}
+    res = run_trainer(cwd, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rescored = (cwd / "logs" / "f2e_eval.txt").read_text()
+    for key in ("final_roundtrip_exact", "final_sliding_exact"):
+        assert final_figures(rescored, key) == final_figures(log, key)
+
+
+def test_a_run_killed_before_looping_resumes_to_the_same_score(sample_data, tmp_path):
+    long = dict(ITERATIONS=16, CHECKPOINT_EVERY=4, VAL_LOSS_EVERY=0)
+    (tmp_path / "ref").mkdir()
+    ref = run_trainer(tmp_path / "ref", frontier_env(sample_data, RUN_ID="ref", **long))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = (tmp_path / "ref" / "logs" / "ref.txt").read_text()
+    env = frontier_env(sample_data, RUN_ID="cut", **long)
+    proc = start(tmp_path, env)
+    interrupt_after(proc, tmp_path / "logs" / "cut.txt", "checkpoint: step 4 ", signal.SIGKILL)
+    assert "looping:" not in (tmp_path / "logs" / "cut.txt").read_text()
+    res = run_trainer(tmp_path, {**env, "RESUME_FROM": str(tmp_path / "checkpoints" / "cut.pt")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = (tmp_path / "logs" / "cut.txt").read_text()
+    assert "looping: depth recurrence on from step 8" in resumed
+    for key in ("final_prequant_exact", "final_sliding_exact"):
+        assert final_figures(resumed, key) == final_figures(reference, key)
+
+
+def test_compiled_frontier_run_matches_eager_and_compiles_nothing_after_warmup(frontier_two, sample_data, tmp_path):
+    res = run_trainer(tmp_path, frontier_env(sample_data, RUN_ID="compiled", COMPILE=1, TORCHINDUCTOR_COMPILE_THREADS=1))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "logs" / "compiled.txt").read_text()
+    assert "compile:1" in log and "compile: 0 graph break(s)" in log
+    assert "looping: depth recurrence on from step 6" in log
+    assert "compile: 0 graph(s) compiled during the training steps after the warm-up" in log
+    eager = dict(train_losses(frontier_two[1]))
+    assert all(abs(eager[step] - loss) < 3e-3 for step, loss in train_losses(log))
+    assert abs(float(final_figures(log, "final_sliding_exact")[1])
+               - float(final_figures(frontier_two[1], "final_sliding_exact")[1])) < 5e-3
