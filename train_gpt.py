@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -136,8 +137,24 @@ class Config:
     quant_bits_attn: int = S(6, "[2, 8]")
     quant_bits_bigram: int = S(6, "[2, 8]")
     quant_bits_embed: int = S(16, "2|3|4|5|6|7|8|16")  # 16 = fp16
+    quant_bits_gate: int = S(8, "2|3|4|5|6|7|8|16")
+    quant_method: str = S("rtn", "rtn|gptq")
+    quant_clip: str = S("absmax", "absmax|sdclip|search")
+    matrix_clip_sigmas: float = S(12.85, "(0, 1e3]")
+    mlp_clip_sigmas: float = S(11.5, "(0, 1e3]")
+    attn_clip_sigmas: float = S(13.0, "(0, 1e3]")
+    embed_clip_sigmas: float = S(14.0, "(0, 1e3]")
+    gptq_calibration_batches: int = S(16, "[1, 100000]")
+    gptq_reserve_seconds: float = S(0.0, "[0, inf)")
+    lqer_top_k: int = S(0, "[0, 100000]")  # 0 = off
+    lqer_rank: int = S(4, "[1, 4096]")
+    lqer_factor_bits: int = S(4, "[2, 8]")
+    lqer_asym_group: int = S(64, "[1, 1048576]")
     prune_frac: float = S(0.0, "[0, 1)")
+    compressor: str = S("zstd", "zstd|brotli|lzma")
     zstd_level: int = S(22, "[1, 22]")
+    fit_to_cap: bool = S(False, "0|1")
+    code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
     # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
     attn_backend: str = S("auto", "auto|fa3|fa2|sdpa")
@@ -290,6 +307,10 @@ def validate_config(cfg: Config, world_size: int) -> None:
         need(cfg.parallel_start_layer < cfg.num_layers and all(i < cfg.parallel_start_layer for i in encoder),
              f"PARALLEL_START_LAYER={cfg.parallel_start_layer} must be below NUM_LAYERS={cfg.num_layers} and past every "
              f"U-Net encoder block ({sorted(set(encoder))}): parallel lanes run in the decoder only")
+    need(codec_problem(cfg.compressor) is None, codec_problem(cfg.compressor))
+    need(cfg.gptq_reserve_seconds < cfg.max_wallclock_seconds or not cfg.max_wallclock_seconds,
+         f"GPTQ_RESERVE_SECONDS={cfg.gptq_reserve_seconds} leaves no training time under MAX_WALLCLOCK_SECONDS="
+         f"{cfg.max_wallclock_seconds}")
     need(not (cfg.ema_decay and cfg.swa_every), f"EMA_DECAY={cfg.ema_decay} and SWA_EVERY={cfg.swa_every} are both on: "
                                                 "average one way (EMA_DECAY=0 or SWA_EVERY=0)")
     need(checkpoint_interval(cfg) is not None,
@@ -637,27 +658,18 @@ def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, devic
 # ==================================== model ====================================
 
 
-def quantize_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row quantisation: int8 codes in [-(2^(b-1)-1), 2^(b-1)-1] and an fp16 scale per row."""
-    qmax = 2 ** (bits - 1) - 1
-    w = w.float()
-    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(2 ** -14).half()
-    q = torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
-    return q, scale
-
-
 class QATLinear(nn.Linear):
-    """Bias-free linear with fp32 master weights; `qat_bits` > 0 turns on straight-through fake
-    quantisation (delayed QAT) while training."""
+    """Bias-free linear with fp32 master weights; `qat` = (bits, clip, sigmas) turns on straight-through
+    fake quantisation at the export's settings (delayed QAT) while training."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
-        self.qat_bits = 0
+        self.qat = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if self.qat_bits and self.training:
-            q, scale = quantize_rows(w.detach(), self.qat_bits)
+        if self.qat and self.training:
+            q, scale = quantize_rows(w.detach(), *self.qat)
             w = w + (q.float() * scale.float() - w).detach()
         return F.linear(x, w)
 
@@ -873,7 +885,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: Config, attention=_sdpa):
         super().__init__()
-        self.cfg, self.softcap, self.looping = cfg, cfg.logit_softcap, False
+        self.cfg, self.softcap, self.looping, self.head_hook = cfg, cfg.logit_softcap, False, None
         head_dim = cfg.model_dim // cfg.num_heads
         self.rope = (cfg.rope_dims or head_dim, cfg.rope_base, cfg.train_seq_len)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
@@ -940,8 +952,10 @@ class GPT(nn.Module):
                 lanes = self.blocks[i].parallel(lanes or (x, x), x0, rotary, self.parallel_resid[i], self.parallel_post[i], f)
         if lanes is not None:
             x = {"mean": (lanes[0] + lanes[1]) / 2, "attn": lanes[0], "mlp": lanes[1]}[self.cfg.parallel_final_lane]
-        targets = targets[:, first:]
-        logits = softcap(F.linear(rms_norm(x), self.tok_emb.weight), self.softcap)  # in the compute dtype
+        targets, x = targets[:, first:], rms_norm(x)
+        if self.head_hook:  # GPTQ calibration of the tied embedding reads the head's input
+            self.head_hook(x)
+        logits = softcap(F.linear(x, self.tok_emb.weight), self.softcap)  # in the compute dtype
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
 
 
@@ -1074,15 +1088,22 @@ def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
         scale = 1.0
     else:
         scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters)
-        if cfg.max_wallclock_seconds > 0 and step > 0:
+        if budget_ms(cfg) > 0 and step > 0:
             warmdown_ms = cfg.warmdown_iters * elapsed_ms / step
-            remaining_ms = max(1000 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
+            remaining_ms = max(budget_ms(cfg) - elapsed_ms, 0.0)
             scale = min(scale, remaining_ms / warmdown_ms if warmdown_ms > 0 else 1.0)
     return max(scale, cfg.min_lr)
 
 
+def budget_ms(cfg: Config) -> float:
+    """Wall-clock budget of the training steps: MAX_WALLCLOCK_SECONDS less the GPTQ calibration's
+    reserve (calibration reads training data, so it belongs to training time); 0 = none."""
+    reserve = cfg.gptq_reserve_seconds if cfg.quant_method == "gptq" else 0.0
+    return 1000 * (cfg.max_wallclock_seconds - reserve) if cfg.max_wallclock_seconds > 0 else 0.0
+
+
 def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
-    by_time = elapsed_ms / (1000 * cfg.max_wallclock_seconds) if cfg.max_wallclock_seconds > 0 else 0.0
+    by_time = elapsed_ms / budget_ms(cfg) if budget_ms(cfg) > 0 else 0.0
     return max(step / max(cfg.iterations, 1), by_time)
 
 
@@ -1169,13 +1190,14 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             f"the backward), Muon update all-gather sends {optimizers[0].bytes_per_step() / 2**20:.2f} MiB")
     accum = cfg.micro_batches // rt.world_size
     linears = [m for m in model.modules() if isinstance(m, QATLinear)]
-    qat_bits = {id(m): quant_bits_for(name, cfg) % 16 for name, m in model.named_modules() if isinstance(m, QATLinear)}
+    qat = {id(m): (quant_bits_for(name + ".weight", cfg), cfg.quant_clip, clip_sigmas_for(name + ".weight", cfg))
+           for name, m in model.named_modules() if isinstance(m, QATLinear)}
     tokens_per_step, fpt = cfg.train_batch_tokens, flops_per_token(model, cfg.train_seq_len)
     peak = peak_flops(rt) * rt.world_size
 
     def set_qat(on: bool):
         for m in linears:
-            m.qat_bits = qat_bits[id(m)] if on else 0
+            m.qat = qat[id(m)] if on and qat[id(m)][0] < 16 else None
 
     def train_step(loader: TrainLoader, scale: float, momentum: float) -> torch.Tensor:
         for opt in optimizers:
@@ -1270,7 +1292,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
                                   "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data.")
         last_good = (at_step, value)
     agreed_ms = training_ms  # training time all ranks agree on (max over ranks, one step old)
-    recompiled = 0
+    recompiled, qat_on = 0, False
     rt.sync()
     t0 = time.perf_counter()
     while True:
@@ -1288,7 +1310,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         scale = lr_scale(cfg, step, agreed_ms)
         warm = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps else 1.0
         momentum = (1 - warm) * cfg.muon_momentum_warmup_start + warm * cfg.muon_momentum
-        if cfg.qat_frac > 0 and not linears[0].qat_bits and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac:
+        if cfg.qat_frac > 0 and not qat_on and training_progress(cfg, step, agreed_ms) >= 1 - cfg.qat_frac:
+            qat_on = True
             set_qat(True)
             log(f"qat: fake quantisation at the export bit widths from step {step}")
         if cfg.num_loops and not model.looping and training_progress(cfg, step, agreed_ms) >= cfg.enable_looping_at:
@@ -1315,7 +1338,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
                 f"step_avg:{step_avg:.2f}ms tok/s:{tok_s:.0f} mfu:{100 * fpt * tok_s / peak:.2f}%")
         # Ranks agree on the clock and on a SIGTERM, so all of them take the same decisions.
         agreed_ms, sigterm = all_ranks_max(rt, [elapsed, float(_STOP_SIGNAL["received"])])
-        if cfg.max_wallclock_seconds > 0 and agreed_ms + 1.5 * agreed_ms / step > 1000 * cfg.max_wallclock_seconds:
+        if budget_ms(cfg) > 0 and agreed_ms + 1.5 * agreed_ms / step > budget_ms(cfg):
             stop_reason = "wallclock"  # the next step (with margin) would end past the cap
         if ckpt_every and (sigterm or (agreed_ms - last_ckpt_ms >= 1000 * ckpt_every if ckpt_unit == "seconds"
                                        else step % int(ckpt_every) == 0)):
@@ -1338,7 +1361,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     if ema:
         model.load_state_dict(ema.shadow)
         log(f"ema: the exponential moving average (decay {cfg.ema_decay}) replaces the weights")
-    return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason)
+    return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason, loader=loader)
 
 # ================================== averaging ==================================
 
@@ -1384,7 +1407,7 @@ class SWA:
 
 # =================================== export ===================================
 
-ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 2
+ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 3
 MAX_PAYLOAD_BYTES = 1 << 30  # hard ceiling on what an artifact may decompress to
 ARRAY_DTYPES = {"i1": np.int8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
 
@@ -1397,11 +1420,159 @@ def quant_bits_for(name: str, cfg: Config) -> int:
     """Export bit width of a matrix by its name (16 = kept as fp16)."""
     if name.startswith("tok_emb."):
         return cfg.quant_bits_embed
+    if name.endswith(".gate") or name == "smear_weight":
+        return cfg.quant_bits_gate
     if name.startswith("bigram."):
         return cfg.quant_bits_bigram
     if ".mlp." in name:
         return cfg.quant_bits_mlp
     return cfg.quant_bits_attn if ".attn." in name else 16
+
+
+def clip_sigmas_for(name: str, cfg: Config) -> float:
+    return (cfg.embed_clip_sigmas if name.startswith("tok_emb.") else cfg.mlp_clip_sigmas if ".mlp." in name
+            else cfg.attn_clip_sigmas if ".attn." in name else cfg.matrix_clip_sigmas)
+
+
+def row_scales(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> torch.Tensor:
+    """fp16 scale per row: max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values beyond k std
+    are clipped), or the fraction of absmax among 0.50..1.00 with the least squared error (search)."""
+    qmax = 2 ** (bits - 1) - 1
+    absmax = w.abs().amax(dim=1, keepdim=True)
+    if clip == "sdclip":
+        return (sigmas * w.std(dim=1, keepdim=True) / qmax).clamp_min(2 ** -14).half()
+    best, best_err = None, None
+    for frac in ((1.0,) if clip == "absmax" else torch.linspace(0.5, 1.0, 11).tolist()):
+        s = (frac * absmax / qmax).clamp_min(2 ** -14).half()
+        err = (w - torch.clamp(torch.round(w / s.float()), -qmax, qmax) * s.float()).square().sum(1, keepdim=True)
+        best = s if best is None else torch.where(err < best_err, s, best)
+        best_err = err if best_err is None else torch.minimum(err, best_err)
+    return best
+
+
+def quantize_rows(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> tuple:
+    """Round to nearest per row: int8 codes in [-(2^(b-1)-1), 2^(b-1)-1] and an fp16 scale per row."""
+    qmax, w = 2 ** (bits - 1) - 1, w.float()
+    scale = row_scales(w, bits, clip, sigmas)
+    return torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8), scale
+
+
+@torch.no_grad()
+def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """GPTQ codes for w (rows x cols) with fixed per-row scales: columns are quantised in descending
+    order of the Hessian's diagonal (1% damping), and each column's rounding error, scaled by the
+    Cholesky factor of the inverse Hessian, is spread onto the columns not yet quantised (within the
+    block at once, beyond it after the block). An identity Hessian gives round to nearest."""
+    qmax, s = 2 ** (bits - 1) - 1, scale.float()[:, 0]
+    W, H = w.float().clone(), hessian.double().clone()
+    dead = H.diagonal() == 0
+    H[dead, dead], W[:, dead] = 1.0, 0.0
+    H.diagonal().add_(0.01 * H.diagonal().mean())
+    order = torch.argsort(H.diagonal(), descending=True, stable=True)
+    W, H = W[:, order], H[order][:, order]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    Q = torch.empty_like(W)
+    for i in range(0, W.size(1), block):
+        j = min(i + block, W.size(1))
+        Wb, err = W[:, i:j], torch.empty(W.size(0), j - i, device=W.device)
+        for c in range(j - i):
+            Q[:, i + c] = torch.clamp(torch.round(Wb[:, c] / s), -qmax, qmax)
+            err[:, c] = (Wb[:, c] - Q[:, i + c] * s) / U[i + c, i + c]
+            Wb[:, c:] -= err[:, c:c + 1] * U[i + c, i + c:j]
+        W[:, j:] -= err @ U[i:j, j:]
+    return Q[:, torch.argsort(order)].to(torch.int8)
+
+
+def quantize_grouped(x: torch.Tensor, bits: int, group: int) -> tuple:
+    """LQER factor codes: each run of `group` values shares an fp16 scale max|g| / (2^(b-1) - 0.5);
+    codes in [-2^(b-1), 2^(b-1) - 1] (one more level below zero than above)."""
+    flat = x.float().flatten()
+    g = F.pad(flat, (0, (-len(flat)) % group)).view(-1, group)
+    half = 2 ** (bits - 1)
+    s = (g.abs().amax(1) / (half - 0.5)).clamp_min(2 ** -14).half()
+    return torch.clamp(torch.round(g / s.float()[:, None]), -half, half - 1).to(torch.int8).flatten()[:len(flat)], s
+
+
+def dequantize(t: dict, a: dict) -> np.ndarray:
+    """float32 weights of a tensor-table entry from its arrays (numpy, float32)."""
+    if t["kind"] == "f16":
+        return a["data"].reshape(t["shape"])
+    w = a["q"].reshape(t["shape"]) * a["scale"][:, None]
+    if "lqer" in t:  # + A B, the low-rank correction of the quantisation error
+        (rows, cols), (rank, group) = t["shape"], t["lqer"]
+        A = (a["a"] * a["a_scale"][0]).reshape(rows, rank)
+        B = (a["b"] * np.repeat(a["b_scale"], group)[:rank * cols]).reshape(rank, cols)
+        w = w + A @ B
+    return w
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
+    """X^T X of the inputs of every quantised linear (and of the tied head, for the embedding) over
+    GPTQ_CALIBRATION_BATCHES batches of the training stream, summed over ranks. It is given the
+    training loader only: validation data cannot reach it."""
+    hessians, hooks = {}, []
+
+    def add(name, x):
+        x = x.detach().flatten(0, -2).float()
+        hessians[name] = hessians[name].addmm_(x.T, x) if name in hessians else x.T @ x
+    for name, m in model.named_modules():
+        if isinstance(m, QATLinear) and quant_bits_for(name + ".weight", cfg) < 16:
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])))
+    model.head_hook = (lambda x: add("tok_emb.weight", x)) if cfg.quant_bits_embed < 16 else None
+    was_training = model.training
+    model.eval()
+    for _ in range(cfg.gptq_calibration_batches * cfg.micro_batches // rt.world_size):
+        x, y = loader.next_batch()
+        with rt.autocast():
+            model(x, y)
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    model.head_hook = None
+    if rt.world_size > 1:
+        for name in sorted(hessians):
+            dist.all_reduce(hessians[name])
+    return hessians
+
+
+def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: Runtime | None = None) -> list[dict]:
+    """Per tensor: name, shape, kind ("q": int8 codes + fp16 scale per row, with optional LQER factors;
+    "f16") and numpy arrays. With Hessians, matrices get GPTQ codes (each rank computes a share)."""
+    hessians, todo = hessians or {}, {}
+    for name, t in state.items():
+        bits = quant_bits_for(name, cfg) if t.ndim == 2 else 16
+        if bits < 16:
+            w = prune_smallest(t.detach().float(), cfg.prune_frac)
+            todo[name] = (w, bits, row_scales(w, bits, cfg.quant_clip, clip_sigmas_for(name, cfg)))
+    mine = {}
+    for i, name in enumerate(n for n in todo if n in hessians):
+        if rt is None or i % rt.world_size == rt.rank:
+            w, bits, scale = todo[name]
+            mine[name] = gptq(w, hessians[name].to(w.device), bits, scale).cpu()
+    if rt is not None and rt.world_size > 1:
+        shares = [None] * rt.world_size
+        dist.all_gather_object(shares, mine, group=rt.host_group)
+        mine = {k: v for share in shares for k, v in share.items()}
+    entries, errors = [], {}
+    for name, t in state.items():
+        if name not in todo:
+            entries.append(dict(name=name, shape=list(t.shape), kind="f16", arrays=dict(data=t.detach().cpu().half().numpy())))
+            continue
+        w, bits, scale = todo[name]
+        w, scale, qmax = w.cpu(), scale.cpu(), 2 ** (bits - 1) - 1
+        q = mine[name] if name in mine else torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
+        errors[name] = w - q.float() * scale.float()
+        entries.append(dict(name=name, shape=list(w.shape), kind="q", arrays=dict(q=q.numpy(), scale=scale[:, 0].numpy())))
+    for name in sorted(errors, key=lambda n: -errors[n].norm().item())[:cfg.lqer_top_k]:
+        U, S, Vh = torch.linalg.svd(errors[name], full_matrices=False)
+        rank = min(cfg.lqer_rank, len(S))
+        a, a_scale = quantize_grouped(U[:, :rank] * S[:rank], 2, U.size(0) * rank)
+        b, b_scale = quantize_grouped(Vh[:rank], cfg.lqer_factor_bits, cfg.lqer_asym_group)
+        e = next(e for e in entries if e["name"] == name)
+        e["lqer"] = [rank, cfg.lqer_asym_group]
+        e["arrays"].update(a=a.numpy(), a_scale=a_scale.numpy(), b=b.numpy(), b_scale=b_scale.numpy())
+    return entries
 
 
 def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
@@ -1413,51 +1584,151 @@ def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
     return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
 
 
-def quantise_state(state: dict, cfg: Config) -> list[dict]:
-    """Per tensor: name, shape, kind ("q": int codes + fp16 scale per row; "f16") and numpy arrays."""
-    entries = []
-    for name, t in state.items():
-        t = t.detach().float().cpu()
-        bits = quant_bits_for(name, cfg) if t.ndim == 2 else 16
-        if bits < 16:
-            q, scale = quantize_rows(prune_smallest(t, cfg.prune_frac), bits)
-            entries.append(dict(name=name, shape=list(t.shape), kind="q", arrays=dict(q=q.numpy(), scale=scale.numpy())))
-        else:
-            entries.append(dict(name=name, shape=list(t.shape), kind="f16", arrays=dict(data=t.half().numpy())))
-    return entries
-
-
 def zstd_decompress(data: bytes, raw_size: int) -> bytes:
-    """Decompress at most raw_size bytes; a frame that declares or yields more is refused unread."""
     declared = zstandard.frame_content_size(data)
-    if declared not in (-1, raw_size):
+    if declared not in (-1, raw_size):  # refused before anything is allocated
         raise ValueError(f"the zstd frame declares {declared} bytes, the header {raw_size}")
-    out = zstandard.ZstdDecompressor().stream_reader(data).read(raw_size + 1)
-    if len(out) != raw_size:
-        raise ValueError(f"the stream holds {len(out)} bytes or more, the header declares {raw_size}")
-    return out
+    return zstandard.ZstdDecompressor().stream_reader(data).read(raw_size + 1)
 
 
-CODECS = {"zstd": (lambda raw, cfg: zstandard.ZstdCompressor(level=cfg.zstd_level).compress(raw), zstd_decompress)}
+def codec(name: str) -> tuple:
+    """(compress(raw, cfg), decompress(data, raw_size)) of a COMPRESSOR; decompression never yields
+    more than raw_size + 1 bytes (the caller refuses anything but raw_size). Optional packages are
+    imported here only."""
+    if name == "zstd":
+        return lambda raw, cfg: zstandard.ZstdCompressor(level=cfg.zstd_level).compress(raw), zstd_decompress
+    if name == "lzma":
+        import lzma
+        return (lambda raw, cfg: lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME, check=lzma.CHECK_NONE),
+                lambda data, n: lzma.LZMADecompressor().decompress(data, max_length=n + 1))
+    if name == "brotli":
+        import brotli
+        return (lambda raw, cfg: brotli.compress(raw, quality=11, lgwin=24),
+                lambda data, n: brotli.Decompressor().process(data, output_buffer_limit=n + 1))
+    raise ValueError(f"unknown codec {name!r}")
 
 
-def pack_artifact(state: dict, cfg: Config, score: dict | None = None) -> bytes:
-    """Serialise as: magic, u16 version, u32 header length, JSON header (model config, score settings,
-    tensor table, streams), the compressed streams, and a sha256 of everything before it."""
-    entries, blobs, offset = quantise_state(state, cfg), [], 0
+def codec_problem(name: str) -> str | None:
+    """Why COMPRESSOR=name cannot be used here (its optional package is missing), or None."""
+    try:
+        codec(name)
+    except ImportError as e:
+        return f"COMPRESSOR={name} needs the {e.name} package: pip install {e.name} (or use COMPRESSOR=zstd)"
+    return None
+
+
+def stream_role(name: str, key: str) -> str:
+    """Which stream an array goes to: the codes of each matrix role (across layers) together, the rest
+    (scales, fp16 tensors, LQER factors) in one stream."""
+    return re.sub(r"^blocks\.\d+\.", "", name) if key == "q" else "other"
+
+
+def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -> bytes:
+    """Serialise quantised entries as: magic, u16 version, u32 compressed and u32 raw header length,
+    zlib(JSON header: model config, score settings, tensor table, streams), the compressed streams,
+    and a sha256 of everything before it."""
+    streams = {}
     for e in entries:
-        refs = {}
-        for key, arr in e.pop("arrays").items():
-            refs[key] = [0, offset, arr.dtype.str[1:], arr.size]
-            blobs.append(arr.tobytes())
+        for key, arr in e["arrays"].items():
+            streams.setdefault(stream_role(e["name"], key), []).append((e, key, arr))
+    table, bodies, meta = [dict(e, arrays={}) for e in entries], [], []
+    index = {e["name"]: t for e, t in zip(entries, table)}
+    compress = codec(cfg.compressor)[0]
+    for i, (role, items) in enumerate(streams.items()):
+        offset = 0
+        for e, key, arr in items:
+            index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
-        e["arrays"] = refs
-    raw = b"".join(blobs)
-    body = CODECS["zstd"][0](raw, cfg)
-    header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=entries,
-                             streams=[dict(codec="zstd", raw=len(raw), size=len(body))])).encode()
-    head = ARTIFACT_MAGIC + struct.pack("<HI", ARTIFACT_VERSION, len(header)) + header + body
+        raw = b"".join(arr.tobytes() for _, _, arr in items)
+        bodies.append(compress(raw, cfg))
+        meta.append(dict(codec=cfg.compressor, raw=len(raw), size=len(bodies[-1])))
+    header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,
+                             streams=meta)).encode()
+    packed = zlib.compress(header, 9)
+    head = ARTIFACT_MAGIC + struct.pack("<HII", ARTIFACT_VERSION, len(packed), len(header)) + packed + b"".join(bodies)
     return head + hashlib.sha256(head).digest()
+
+
+def packed_code_bytes(code: bytes) -> int:
+    """An upper bound of this script's size as records/make_submission.py --pack-code ships it (lzma +
+    base85 in a two-line stub; the packer also minifies, which makes it smaller still)."""
+    import base64
+    import lzma
+    return len(base64.b85encode(lzma.compress(code, format=lzma.FORMAT_ALONE, preset=9 | lzma.PRESET_EXTREME))) + 160
+
+
+def counted_code_bytes(cfg: Config, code: bytes) -> int:
+    """Code bytes counted against the cap: the script itself, or its packed form (CODE_BYTES=packed)."""
+    return packed_code_bytes(code) if cfg.code_bytes == "packed" else len(code)
+
+
+def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
+    """Artifact bytes forecast from the shapes: each tensor at the compressed bytes per value measured on
+    a calibration tensor (Gaussian rows, quantised and compressed as the export will do it)."""
+    per_value, total = {}, 80 * len(model.state_dict())  # + the compressed header, per tensor
+    for name, p in model.state_dict().items():
+        bits = quant_bits_for(name, cfg) if p.ndim == 2 else 16
+        key = (bits, clip_sigmas_for(name, cfg))
+        if key not in per_value:
+            w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))
+            if bits < 16:
+                q, scale = quantize_rows(w, bits, cfg.quant_clip, key[1])
+                raw = q.numpy().tobytes() + (scale.numpy().tobytes() * 2 if cfg.lqer_top_k else scale.numpy().tobytes())
+            else:
+                raw = (w * 0.02).half().numpy().tobytes()
+            per_value[key] = len(codec(cfg.compressor)[0](raw, cfg)) / w.numel()
+        total += per_value[key] * p.numel()
+    return int(total)
+
+
+def cap_ladder(cfg: Config):
+    """FIT_TO_CAP's step-downs, cheapest first and cumulative: more pruning, then one bit less for the
+    MLP, attention and embedding matrices in turn."""
+    changes = {}
+    for frac in (0.03, 0.06, 0.1):
+        if frac > cfg.prune_frac:
+            changes["prune_frac"] = frac
+            yield f"PRUNE_FRAC={frac}", dict(changes)
+    for _ in range(2):
+        for name in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_embed"):
+            bits = changes.get(name, getattr(cfg, name))
+            if 3 < bits:
+                changes[name] = 8 if bits == 16 else bits - 1
+                yield f"{name.upper()}={changes[name]}", dict(changes)
+
+
+def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
+                    code: bytes, score: dict) -> bytes:
+    """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on
+    sizes. With FIT_TO_CAP, while code + artifact is over the cap, step down the ladder, logging each
+    step's bytes and its cost in plain-eval bpb; the trained weights are restored afterwards."""
+    state, code_bytes = {k: v.detach().clone() for k, v in model.state_dict().items()}, counted_code_bytes(cfg, code)
+
+    def build(c: Config) -> tuple:
+        t0 = time.perf_counter()
+        entries = quantise_state(state, c, hessians, rt)
+        return entries, pack_artifact(entries, c, score), time.perf_counter() - t0
+
+    def plain_bpb(entries) -> float:
+        model.load_state_dict({e["name"]: torch.from_numpy(dequantize(e, {k: a.astype(np.float32) for k, a in
+                                                                          e["arrays"].items()})) for e in entries})
+        return evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)[1]
+    entries, blob, seconds = build(cfg)
+    log(f"export: {len(blob)} bytes in {seconds:.1f}s (QUANT_METHOD={cfg.quant_method} QUANT_CLIP={cfg.quant_clip} "
+        f"LQER_TOP_K={cfg.lqer_top_k} COMPRESSOR={cfg.compressor})")
+    if cfg.fit_to_cap and len(blob) + code_bytes > SIZE_CAP_BYTES:
+        last = plain_bpb(entries)
+        for step, changes in cap_ladder(cfg):
+            entries, blob, seconds = build(replace(cfg, **changes))
+            bpb = plain_bpb(entries)
+            fits = len(blob) + code_bytes <= SIZE_CAP_BYTES
+            log(f"fit_to_cap: {step}: artifact {len(blob)} + code {code_bytes} = {len(blob) + code_bytes} bytes "
+                f"({'fits' if fits else 'over'} the cap), bpb cost {bpb - last:+.5f} (plain eval), {seconds:.1f}s")
+            last = bpb
+            if fits:
+                break
+        model.load_state_dict(state)
+    return blob
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -1483,19 +1754,22 @@ def read_artifact_header(path: str) -> tuple[dict, bytes]:
         blob = p.read_bytes()
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read artifact ({e.strerror})") from None
-    head = len(ARTIFACT_MAGIC) + 6
+    head = len(ARTIFACT_MAGIC) + 10
     if len(blob) < head or not blob.startswith(ARTIFACT_MAGIC):
         raise ArtifactError(f"{path}: not an artifact written by train_gpt.py (wrong leading bytes)")
-    version, size = struct.unpack_from("<HI", blob, len(ARTIFACT_MAGIC))
+    version, size, raw_size = struct.unpack_from("<HII", blob, len(ARTIFACT_MAGIC))
     if version != ARTIFACT_VERSION:
         raise ArtifactError(f"{path}: artifact format version {version}; this script reads version {ARTIFACT_VERSION} "
                             "(re-export it with the train_gpt.py that wrote it, or retrain)")
     if len(blob) < head + size + 32 or hashlib.sha256(blob[:-32]).digest() != blob[-32:]:
         raise ArtifactError(f"{path}: checksum mismatch: the file is truncated or corrupted; copy it again")
     try:
-        header = json.loads(blob[head:head + size])
+        text = zlib.decompressobj().decompress(blob[head:head + size], raw_size + 1) if raw_size < 1 << 26 else b""
+        if len(text) != raw_size:
+            raise ValueError(f"the header declares {raw_size} bytes and holds {len(text)} (at most 64 MiB)")
+        header = json.loads(text)
         check_header(header, len(blob) - head - size - 32)
-    except (ValueError, KeyError, TypeError, ConfigError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, ConfigError, zlib.error) as e:
         raise ArtifactError(f"{path}: malformed header ({type(e).__name__}: {e})") from None
     return header, blob[head + size:-32]
 
@@ -1512,26 +1786,33 @@ def check_header(h: dict, body_size: int) -> None:
             if f.type == "float" and not math.isfinite(v) or (msg := allowed_problem(k.upper(), v, f.metadata["allowed"])):
                 raise ValueError(f"{group}.{k}: {msg or 'not finite'}")
     validate_config(replace(DEFAULTS, **h["model"], micro_batches=1, train_batch_tokens=h["model"]["train_seq_len"],
-                            eval_stride=1, eval_seq_len=0), 1)
+                            eval_stride=1, eval_seq_len=0, swa_every=0), 1)
     streams, end = h["streams"], 0
     for s in streams:
-        if s["codec"] not in CODECS or not all(isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES for k in ("raw", "size")):
+        if s["codec"] not in ("zstd", "lzma", "brotli") or not all(isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES
+                                                                    for k in ("raw", "size")):
             raise ValueError(f"stream {s!r}: unknown codec or size outside [0, {MAX_PAYLOAD_BYTES}]")
         end += s["size"]
     if end != body_size:
         raise ValueError(f"the streams declare {end} bytes, the file holds {body_size}")
-    kinds = {"q": ("q", "scale"), "f16": ("data",)}
     for t in h["tensors"]:
         shape, arrays = t["shape"], t["arrays"]
         if not (isinstance(t["name"], str) and isinstance(shape, list) and len(shape) <= 4
                 and all(isinstance(n, int) and 1 <= n <= MAX_PAYLOAD_BYTES for n in shape)):
             raise ValueError(f"tensor {t.get('name')!r}: bad name or shape {shape!r}")
-        if t["kind"] not in kinds or set(arrays) != set(kinds[t["kind"]]) or (t["kind"] == "q" and len(shape) != 2):
+        n = math.prod(shape)
+        expect = {"f16": {"data": n}, "q": {"q": n, "scale": shape[0] if shape else 0}}.get(t["kind"], {})
+        if t["kind"] == "q" and "lqer" in t:
+            rank, group = t["lqer"]
+            if not (len(shape) == 2 and isinstance(rank, int) and 1 <= rank <= min(shape) and isinstance(group, int)
+                    and group >= 1):
+                raise ValueError(f"tensor {t['name']!r}: bad LQER rank/group {t['lqer']!r}")
+            expect.update(a=shape[0] * rank, a_scale=1, b=rank * shape[1], b_scale=-(-rank * shape[1] // group))
+        if not expect or set(arrays) != set(expect) or (t["kind"] == "q" and len(shape) != 2):
             raise ValueError(f"tensor {t['name']!r}: unknown kind {t['kind']!r} or arrays {sorted(arrays)}")
         for key, (stream, offset, dtype, count) in arrays.items():
-            expect = math.prod(shape) if key != "scale" else shape[0]
             if (not isinstance(stream, int) or not 0 <= stream < len(streams) or dtype not in ARRAY_DTYPES
-                    or count != expect or not isinstance(offset, int) or offset < 0
+                    or count != expect[key] or not isinstance(offset, int) or offset < 0
                     or offset + count * np.dtype(ARRAY_DTYPES[dtype]).itemsize > streams[stream]["raw"]):
                 raise ValueError(f"tensor {t['name']!r}: array {key} {[stream, offset, dtype, count]} is out of bounds")
 
@@ -1543,16 +1824,20 @@ def read_artifact(path: str) -> tuple[dict, dict]:
     streams, at = [], 0
     for s in header["streams"]:
         try:
-            streams.append(CODECS[s["codec"]][1](body[at:at + s["size"]], s["raw"]))
-        except (zstandard.ZstdError, ValueError) as e:
+            streams.append(codec(s["codec"])[1](body[at:at + s["size"]], s["raw"]))
+            if len(streams[-1]) != s["raw"]:
+                raise ValueError(f"it holds {len(streams[-1])} bytes or more, the header declares {s['raw']}")
+        except ImportError as e:
+            raise ArtifactError(f"{path}: stream {len(streams)} is {s['codec']}-compressed: pip install {e.name}") from None
+        except Exception as e:  # each codec raises its own error types
             raise ArtifactError(f"{path}: stream {len(streams)} cannot be decompressed ({e})") from None
         at += s["size"]
     state = {}
     for t in header["tensors"]:
-        a = {k: np.frombuffer(streams[s], ARRAY_DTYPES[d], n, o).astype(np.float32) for k, (s, o, d, n) in t["arrays"].items()}
-        w = a["q"].reshape(t["shape"]) * a["scale"][:, None] if t["kind"] == "q" else a["data"].reshape(t["shape"])
-        state[t["name"]] = torch.from_numpy(w)
+        arrays = {k: np.frombuffer(streams[s], ARRAY_DTYPES[d], n, o).astype(np.float32) for k, (s, o, d, n) in t["arrays"].items()}
+        state[t["name"]] = torch.from_numpy(dequantize(t, arrays))
     return header, state
+
 
 # ================================= evaluation =================================
 
@@ -1727,11 +2012,12 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
         f"eval_time:{1000 * (s_time or r_time):.0f}ms")
     if not val.full:
         log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
-    artifact_bytes = os.path.getsize(cfg.artifact_path)
-    total = artifact_bytes + len(code[0])
+    artifact_bytes, code_counted = os.path.getsize(cfg.artifact_path), counted_code_bytes(cfg, code[0])
+    total = artifact_bytes + code_counted
     over = total > SIZE_CAP_BYTES
-    log(f"final_size artifact_bytes:{artifact_bytes} code_bytes:{len(code[0])} total_bytes:{total} "
-        f"cap:{SIZE_CAP_BYTES} status:{'OVER_CAP' if over else 'ok'}")
+    log(f"final_size artifact_bytes:{artifact_bytes} code_bytes:{code_counted} total_bytes:{total} "
+        f"cap:{SIZE_CAP_BYTES} status:{'OVER_CAP' if over else 'ok'} code_raw:{len(code[0])} "
+        f"code_packed:{packed_code_bytes(code[0])} counted:{cfg.code_bytes}")
     log(f"Total submission size: {total} bytes")
     if over:
         log(f"error: total {total} bytes is {total - SIZE_CAP_BYTES} over the {SIZE_CAP_BYTES}-byte cap")
@@ -1886,6 +2172,13 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
     params = sum(p.numel() for p in model.parameters())
     log(f"model_params:{params} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
+    if not cfg.eval_only:
+        forecast, code_counted = forecast_artifact_bytes(model, cfg), counted_code_bytes(cfg, code[0])
+        log(f"size_forecast: artifact {forecast} + code {code_counted} ({cfg.code_bytes}) = {forecast + code_counted} "
+            f"bytes, cap {SIZE_CAP_BYTES}" + ("" if forecast + code_counted <= SIZE_CAP_BYTES else
+            f"; warning: {forecast + code_counted - SIZE_CAP_BYTES} bytes over: " + (
+                "the export will step down until it fits (FIT_TO_CAP=1)" if cfg.fit_to_cap else
+                "set FIT_TO_CAP=1, PRUNE_FRAC or fewer QUANT_BITS_*")))
     name = device_name(rt.device)
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
                    config={k.upper(): v for k, v in asdict(cfg).items()}, non_default=user_settings,
@@ -1897,6 +2190,19 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
                    stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None)
     if not cfg.eval_only:
         figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
+        hessians = None
+        if cfg.quant_method == "gptq":  # calibration reads training data: it belongs to the training budget
+            rt.sync()
+            t0 = time.perf_counter()
+            hessians = collect_hessians(model, figures["loader"], cfg, rt)
+            rt.sync()
+            seconds, trained = time.perf_counter() - t0, figures["train_time_ms"] / 1000
+            log(f"gptq: Hessians of {len(hessians)} matrices from {cfg.gptq_calibration_batches} training batches in "
+                f"{seconds:.1f}s; training {trained:.1f}s + calibration {seconds:.1f}s = {trained + seconds:.1f}s"
+                + (f" of the {cfg.max_wallclock_seconds:g}s cap" if cfg.max_wallclock_seconds else ""))
+            if cfg.max_wallclock_seconds and trained + seconds > cfg.max_wallclock_seconds:
+                log(f"warning: training + calibration exceed MAX_WALLCLOCK_SECONDS by "
+                    f"{trained + seconds - cfg.max_wallclock_seconds:.1f}s: raise GPTQ_RESERVE_SECONDS")
         if cfg.num_loops and not model.looping:
             log(f"warning: training ended before ENABLE_LOOPING_AT={cfg.enable_looping_at}; it is scored with depth "
                 "recurrence on, as the artifact will always be")
@@ -1906,11 +2212,11 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
         summary.update(steps=figures["steps"], step_avg_ms=figures["train_time_ms"] / max(figures["steps"], 1),
                        train_time_s=figures["train_time_ms"] / 1000, stop_reason=figures["stop_reason"],
                        prequant_val_loss=pre_loss, prequant_val_bpb=pre_bpb, total_eval_time_s=pre_time)
-        error = None
+        blob, error = export_artifact(cfg, rt, log, model, run_model, val, hessians, code[0],
+                                      {k: getattr(cfg, k) for k in SCORE_FIELDS}), None
         if rt.is_main:
-            score = {k: getattr(cfg, k) for k in SCORE_FIELDS}
             try:
-                write_atomic(Path(cfg.artifact_path), pack_artifact(model.state_dict(), cfg, score))
+                write_atomic(Path(cfg.artifact_path), blob)
             except OSError as e:
                 error = f"cannot write ARTIFACT_PATH={cfg.artifact_path}: {e}"
         agree(rt, error)

@@ -132,6 +132,14 @@ def _num(text: str) -> float:
     return float(text)
 
 
+def _num_or_text(text: str):
+    """A final line's value: a number where it is one (status:ok, counted:raw stay text)."""
+    try:
+        return _num(text)
+    except ValueError:
+        return text
+
+
 PEAK_RE = re.compile(r"peak memory allocated:\s*([0-9.]+)\s*MiB\s+reserved:\s*([0-9.]+)\s*MiB")
 TOTAL_RE = re.compile(r"Total submission size:\s*(\d+)\s*bytes")
 
@@ -178,8 +186,7 @@ def _read_lines(run: Run) -> str | None:
                     if "val_bpb" in f:
                         run.val_bpb[step] = _num(f["val_bpb"])
                 elif head.startswith("final_"):
-                    run.finals[head] = {k: _num(v) if k != "status" else v
-                                        for k, v in _fields(tokens[1:]).items()}
+                    run.finals[head] = {k: _num_or_text(v) for k, v in _fields(tokens[1:]).items()}
                     run.final_order.append(head)
             except (KeyError, ValueError, IndexError):
                 continue  # a line that only looks like ours; the summary is what counts

@@ -8,6 +8,7 @@ import re
 import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -71,14 +72,14 @@ def artifact_bytes(**header_changes) -> bytes:
     """A valid artifact of the tiny model, with header fields replaced (checksum recomputed)."""
     cfg = tiny_config()
     torch.manual_seed(0)
-    blob = tg.pack_artifact(tg.GPT(cfg).state_dict(), cfg, {k: getattr(cfg, k) for k in tg.SCORE_FIELDS})
+    blob = tg.pack_artifact(tg.quantise_state(tg.GPT(cfg).state_dict(), cfg), cfg, {k: getattr(cfg, k) for k in tg.SCORE_FIELDS})
     return reheader(blob, **header_changes) if header_changes else blob
 
 
 def reheader(blob: bytes, edit=None, body=None, **changes) -> bytes:
-    head = len(tg.ARTIFACT_MAGIC) + 6
-    size = struct.unpack_from("<I", blob, head - 4)[0]
-    header = json.loads(blob[head:head + size])
+    head = len(tg.ARTIFACT_MAGIC) + 10
+    size = struct.unpack_from("<I", blob, head - 8)[0]
+    header = json.loads(zlib.decompress(blob[head:head + size]))
     for path, value in changes.items():
         *parents, last = path.split("__")
         node = header
@@ -88,13 +89,14 @@ def reheader(blob: bytes, edit=None, body=None, **changes) -> bytes:
     if edit:
         edit(header)
     text = json.dumps(header).encode()
-    out = blob[:len(tg.ARTIFACT_MAGIC) + 2] + struct.pack("<I", len(text)) + text + (
+    packed = zlib.compress(text)
+    out = blob[:len(tg.ARTIFACT_MAGIC) + 2] + struct.pack("<II", len(packed), len(text)) + packed + (
         body if body is not None else blob[head + size:-32])
     return out + tg.hashlib.sha256(out).digest()
 
 
 def huge_frame(blob: bytes) -> bytes:
-    """The stream replaced by a tiny zstd frame that declares 1 TiB of content; checksum valid."""
+    """Stream 0 replaced by a tiny zstd frame that declares 1 TiB of content; checksum valid."""
     frame = bytearray(zstandard.ZstdCompressor().compress(b"x" * 64))
     params = zstandard.get_frame_parameters(bytes(frame))
     assert params.content_size == 64
@@ -106,7 +108,10 @@ def huge_frame(blob: bytes) -> bytes:
     new_fhd = (fhd & 0x3F) | (3 << 6)
     frame = frame[:4] + bytes([new_fhd]) + frame[5:start] + struct.pack("<Q", 1 << 40) + frame[start + fcs_len:]
     assert zstandard.frame_content_size(bytes(frame)) == 1 << 40
-    return reheader(blob, body=bytes(frame), streams__0__size=len(frame))
+    head = len(tg.ARTIFACT_MAGIC) + 10
+    size = struct.unpack_from("<I", blob, head - 8)[0]
+    first = json.loads(zlib.decompress(blob[head:head + size]))["streams"][0]["size"]
+    return reheader(blob, body=bytes(frame) + blob[head + size + first:-32], streams__0__size=len(frame))
 
 
 def save(ws, name, data):
@@ -218,7 +223,11 @@ FILE_CASES = [
         ("1 TiB zstd frame", lambda: huge_frame(artifact_bytes()), "the zstd frame declares 1099511627776 bytes"),
         ("stream raw size beyond the ceiling", lambda: artifact_bytes(streams__0__raw=1 << 40), "size outside"),
         ("unknown codec", lambda: artifact_bytes(streams__0__codec="lrzip"), "unknown codec"),
-        ("stream sizes disagree", lambda: artifact_bytes(streams__0__size=5), "the streams declare 5 bytes"),
+        ("stream sizes disagree", lambda: artifact_bytes(streams__0__size=5), "the streams declare"),
+        ("header declaring 1 GiB", lambda: (lambda b: b[:14] + struct.pack("<I", 1 << 30) + b[18:-32] + tg.hashlib.sha256(
+            b[:14] + struct.pack("<I", 1 << 30) + b[18:-32]).digest())(artifact_bytes()), "the header declares 1073741824 bytes"),
+        ("LQER rank beyond the matrix", lambda: reheader(artifact_bytes(), edit=lambda h: next(
+            t for t in h["tensors"] if t["kind"] == "q").update(lqer=[10**6, 64])), "bad LQER rank/group"),
         ("header not JSON", lambda: reheader(artifact_bytes(), edit=lambda h: h.clear()), "malformed header"),
         ("model field missing", lambda: reheader(artifact_bytes(), edit=lambda h: h["model"].pop("num_layers")), "num_layers"),
         ("model field of a wrong type", lambda: artifact_bytes(model__num_layers="2"), "model.num_layers='2' is not a int"),
@@ -327,7 +336,8 @@ def test_a_non_finite_score_fails_the_run_and_says_so(workspace, monkeypatch, ca
     torch.manual_seed(0)
     state = tg.GPT(cfg).state_dict()
     state["blocks.0.attn_scale"] = torch.full_like(state["blocks.0.attn_scale"], float("nan"))
-    (workspace / "nan.ptz").write_bytes(tg.pack_artifact(state, cfg, {k: getattr(cfg, k) for k in tg.SCORE_FIELDS}))
+    (workspace / "nan.ptz").write_bytes(tg.pack_artifact(tg.quantise_state(state, cfg), cfg,
+                                                         {k: getattr(cfg, k) for k in tg.SCORE_FIELDS}))
     monkeypatch.setenv("EVAL_ONLY", "1")
     monkeypatch.setenv("ARTIFACT_PATH", "nan.ptz")
     assert tg.main() == 1

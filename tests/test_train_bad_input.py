@@ -1,5 +1,6 @@
 """Bad input beyond the table of tests/test_bad_inputs.py: messages that name the fix, outputs that
 already exist, unwritable folders, over-cap runs, DRY_RUN."""
+import struct
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def test_existing_log_and_artifact_are_never_overwritten(workspace, capsys, monk
 
 
 def test_eval_only_with_a_damaged_artifact_names_the_file(workspace, capsys, monkeypatch):
-    (workspace / "model.ptz").write_bytes(tg.ARTIFACT_MAGIC + b"\x02\x00\x07\x00\x00\x00garbage")
+    (workspace / "model.ptz").write_bytes(tg.ARTIFACT_MAGIC + struct.pack("<HII", tg.ARTIFACT_VERSION, 7, 7) + b"garbage")
     monkeypatch.setenv("EVAL_ONLY", "1")
     monkeypatch.setenv("ARTIFACT_PATH", "model.ptz")
     fails_with(capsys, "model.ptz: checksum mismatch: the file is truncated or corrupted")

@@ -53,7 +53,7 @@ def packed_model(tmp_path, **kw):
     for p in model.parameters():
         p.data.add_(0.01 * torch.randn_like(p))
     path = tmp_path / "model.ptz"
-    tg.write_atomic(path, tg.pack_artifact(model.state_dict(), cfg))
+    tg.write_atomic(path, tg.pack_artifact(tg.quantise_state(model.state_dict(), cfg), cfg))
     return cfg, model, path
 
 
@@ -80,7 +80,7 @@ def test_pruned_export_compresses_smaller(tmp_path):
     cfg = tiny(prune_frac=0.5)
     torch.manual_seed(0)
     model = tg.GPT(cfg)
-    assert len(tg.pack_artifact(model.state_dict(), cfg)) < plain.stat().st_size
+    assert len(tg.pack_artifact(tg.quantise_state(model.state_dict(), cfg), cfg)) < plain.stat().st_size
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -89,7 +89,7 @@ def test_pruned_export_compresses_smaller(tmp_path):
     (lambda b: b[:5], "not an artifact written by train_gpt.py"),
     (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:], "corrupted"),
     (lambda b: b"PK\x03\x04" + b[4:], "not an artifact written by train_gpt.py"),
-    (lambda b: b[:8] + struct.pack("<H", 99) + b[10:], "artifact format version 99; this script reads version 2"),
+    (lambda b: b[:8] + struct.pack("<H", 99) + b[10:], "artifact format version 99; this script reads version 3"),
 ])
 def test_damaged_artifacts_are_refused_with_the_file_named(tmp_path, damage, message):
     _, _, path = packed_model(tmp_path)

@@ -138,7 +138,7 @@ def test_qat_linear_fake_quantises_forward_and_passes_gradients_straight_through
     lin = tg.QATLinear(16, 8)
     x = torch.randn(4, 16)
     plain = lin(x)
-    lin.qat_bits = 3
+    lin.qat = (3, "absmax", 0.0)
     y = lin(x)
     q, scale = tg.quantize_rows(lin.weight.detach(), 3)
     assert torch.allclose(y, x @ (q.float() * scale.float()).T, atol=1e-6) and not torch.allclose(y, plain)

@@ -90,7 +90,7 @@ def test_eval_only_reproduces_the_logged_score_with_no_other_settings(single, sa
     assert rescored.startswith("train_gpt run_id:rescore mode:eval_only recipe:classic") and "not a re-score" not in rescored
     for key in ("final_roundtrip_exact", "final_sliding_exact"):
         assert final_figures(rescored, key) == final_figures(log, key)
-    assert re.search(r"^final_size .* status:ok$", rescored, re.M)
+    assert re.search(r"^final_size .* status:ok ", rescored, re.M)
     assert summary_of(rescored, cwd)["mode"] == "eval_only"
 
 

@@ -1,0 +1,183 @@
+"""Export: GPTQ against round to nearest, SDClip and clip search, LQER, every compressor's round trip,
+calibration on training data only, the size forecast and FIT_TO_CAP's ladder."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt as tg
+from test_train_model import tiny
+
+
+def hessian_error(w, deq, H):
+    d = (w - deq).double()
+    return torch.trace(d @ H.double() @ d.T).item()
+
+
+@pytest.fixture(scope="module")
+def trained(sample_data):
+    """A tiny model after 30 training steps on the sample, and Hessians from its training stream."""
+    data_path, _ = sample_data
+    cfg = tiny(vocab_size=1024, train_seq_len=64, train_batch_tokens=2048, micro_batches=2, gptq_calibration_batches=4,
+               quant_bits_embed=7)
+    rt = tg.Runtime(0, 1, torch.device("cpu"), None, None)
+    torch.manual_seed(0)
+    model = tg.GPT(cfg)
+    opts = tg.build_optimizers(model, cfg, rt)
+    loader = tg.TrainLoader(tg.find_shards(data_path, "train"), cfg, rt)
+    for _ in range(30):
+        for _ in range(2):
+            x, y = loader.next_batch()
+            model(x, y).mean().backward()
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+    return cfg, rt, model, tg.collect_hessians(model, loader, cfg, rt)
+
+
+def test_gptq_beats_round_to_nearest_on_random_and_trained_weights(trained):
+    torch.manual_seed(0)
+    x = torch.randn(512, 64) @ torch.randn(64, 64)  # correlated inputs
+    cases = [(torch.randn(48, 64), x.T @ x)]
+    cfg, _, model, hessians = trained
+    state = model.state_dict()
+    cases += [(state[n].float(), hessians[n]) for n in ("blocks.0.attn.q.weight", "blocks.2.mlp.proj.weight", "tok_emb.weight")]
+    for w, H in cases:
+        for bits in (3, 5):
+            scale = tg.row_scales(w, bits)
+            rtn = torch.clamp(torch.round(w / scale.float()), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+            q = tg.gptq(w, H, bits, scale).float()
+            assert q.abs().max() <= 2 ** (bits - 1) - 1
+            assert hessian_error(w, q * scale.float(), H) < 0.9 * hessian_error(w, rtn * scale.float(), H)
+
+
+def test_gptq_with_an_identity_hessian_is_round_to_nearest():
+    torch.manual_seed(0)
+    w = torch.randn(32, 200)
+    for bits in (2, 4, 6, 8):
+        for clip in ("absmax", "sdclip", "search"):
+            q, scale = tg.quantize_rows(w, bits, clip, 3.0)
+            assert torch.equal(tg.gptq(w, torch.eye(200), bits, scale), q)
+
+
+def test_sdclip_and_clip_search():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    w[:, 0] = 40.0  # one outlier per row: absmax wastes the grid on it
+    qmax = 31
+    sd = tg.row_scales(w, 6, "sdclip", 3.0).float()
+    assert torch.allclose(sd, (3.0 * w.std(dim=1, keepdim=True) / qmax).half().float())
+    errors = {}
+    for clip in ("absmax", "sdclip", "search"):
+        q, s = tg.quantize_rows(w, 6, clip, 3.0)
+        errors[clip] = (w - q.float() * s.float()).square().sum().item()
+    assert errors["search"] <= errors["absmax"] and errors["search"] < 1.01 * min(errors.values())
+
+
+def test_lqer_reduces_the_error_of_the_tensors_it_touches(trained):
+    cfg, _, model, hessians = trained
+    state = model.state_dict()
+    plain = {e["name"]: e for e in tg.quantise_state(state, tg.Config(**{**cfg.__dict__, "quant_bits_mlp": 3}))}
+    fixed = {e["name"]: e for e in tg.quantise_state(state, tg.Config(**{**cfg.__dict__, "quant_bits_mlp": 3,
+                                                                        "lqer_top_k": 2, "lqer_rank": 4}))}
+    touched = [n for n, e in fixed.items() if "lqer" in e]
+    assert len(touched) == 2
+
+    def err(e):
+        w = tg.dequantize(e, {k: a.astype(np.float32) for k, a in e["arrays"].items()})
+        return np.square(state[e["name"]].numpy() - w).sum()
+    errors = {n: err(e) for n, e in plain.items() if e["kind"] == "q"}
+    assert set(touched) == set(sorted(errors, key=errors.get)[-2:])  # the largest errors get corrected
+    for n in touched:
+        assert err(fixed[n]) < 0.97 * err(plain[n])
+    assert all(err(fixed[n]) == err(plain[n]) for n in errors if n not in touched)
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "brotli", "lzma"])
+@pytest.mark.parametrize("settings, use_gptq", [(dict(), False), (dict(quant_clip="sdclip", lqer_top_k=2), True),
+                                                (dict(quant_clip="search", quant_bits_mlp=4, prune_frac=0.1), True)])
+def test_every_quantiser_and_compressor_round_trips(tmp_path, trained, compressor, settings, use_gptq):
+    cfg, rt, model, hessians = trained
+    c = tg.Config(**{**cfg.__dict__, "compressor": compressor, **settings})
+    entries = tg.quantise_state(model.state_dict(), c, hessians if use_gptq else None)
+    blob = tg.pack_artifact(entries, c)
+    (tmp_path / "a.ptz").write_bytes(blob)
+    header, state = tg.read_artifact(str(tmp_path / "a.ptz"))
+    assert [s["codec"] for s in header["streams"]] == [compressor] * len(header["streams"])
+    for e in entries:  # what was stored comes back bit for bit, and within the quantisation bound
+        expected = tg.dequantize(e, {k: a.astype(np.float32) for k, a in e["arrays"].items()})
+        assert np.array_equal(state[e["name"]].numpy(), expected), e["name"]
+        w = model.state_dict()[e["name"]].float().numpy()
+        if e["kind"] == "q" and not use_gptq:  # round to nearest: within half a step of the weights
+            assert np.abs(w - expected).max() <= 0.5 * e["arrays"]["scale"].astype(np.float32).max() * 1.001 + 1e-6
+    assert tg.pack_artifact(entries, c) == blob  # deterministic
+
+
+def test_calibration_reads_training_shards_only(workspace, monkeypatch):
+    """A whole GPTQ run, instrumented: while the Hessians are collected, every token comes from a training
+    shard (the function is handed the training loader and nothing else)."""
+    read, active = [], [False]
+    real_collect, real_take = tg.collect_hessians, tg.TokenStream.take
+
+    def collect(*a, **k):
+        active[0] = True
+        try:
+            return real_collect(*a, **k)
+        finally:
+            active[0] = False
+
+    def take(self, n):
+        if active[0]:
+            read.append((str(self.files[self.file_idx]), n))
+        return real_take(self, n)
+    monkeypatch.setattr(tg, "collect_hessians", collect)
+    monkeypatch.setattr(tg.TokenStream, "take", take)
+    for k, v in dict(QUANT_METHOD="gptq", GPTQ_CALIBRATION_BATCHES="3", RUN_ID="calib").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    assert read and all(re.search(r"fineweb_train_\d+\.bin$", path) for path, _ in read)
+    assert sum(n for _, n in read) == 3 * 2 * (2048 // 2 + 1)  # 3 batches of 2 micro-batches, their spans
+    log = (workspace / "logs" / "calib.txt").read_text()
+    assert re.search(r"gptq: Hessians of \d+ matrices from 3 training batches in [\d.]+s; training [\d.]+s \+ "
+                     r"calibration [\d.]+s = [\d.]+s of the 0s cap|gptq: Hessians of \d+ matrices from 3", log)
+
+
+def test_size_forecast_is_within_ten_percent(workspace, monkeypatch):
+    for k, v in dict(RUN_ID="fc", ITERATIONS="12").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    log = (workspace / "logs" / "fc.txt").read_text()
+    forecast = int(re.search(r"size_forecast: artifact (\d+)", log)[1])
+    actual = json.loads((workspace / "logs" / "fc.json").read_text())["artifact_bytes"]
+    assert abs(forecast - actual) <= 0.1 * actual, (forecast, actual)
+
+
+def test_fit_to_cap_steps_down_until_a_tiny_cap_is_met(workspace, monkeypatch, capsys):
+    code = len((tg.Path(tg.__file__)).read_bytes())
+    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", code + 90_000)  # the unconstrained artifact is ~170 kB
+    for k, v in dict(RUN_ID="cap", FIT_TO_CAP="1").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    log = (workspace / "logs" / "cap.txt").read_text()
+    steps = re.findall(r"^fit_to_cap: (\S+): artifact (\d+) \+ code \d+ = (\d+) bytes \((fits|over) the cap\), "
+                       r"bpb cost ([-+][\d.]+)", log, re.M)
+    assert steps and steps[-1][3] == "fits" and all(s[3] == "over" for s in steps[:-1])
+    assert [int(s[1]) for s in steps] == sorted((int(s[1]) for s in steps), reverse=True)
+    s = json.loads((workspace / "logs" / "cap.json").read_text())
+    assert s["bytes_total"] <= tg.SIZE_CAP_BYTES and not s["over_cap"] and "warning: " in log
+
+
+def test_a_missing_compressor_package_is_one_clear_line(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_brotli(name, *a, **k):
+        if name == "brotli":
+            raise ImportError("No module named 'brotli'", name="brotli")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_brotli)
+    with pytest.raises(tg.ConfigError, match=r"COMPRESSOR=brotli needs the brotli package: pip install brotli"):
+        cfg, _ = tg.config_from_env({"COMPRESSOR": "brotli"})
+        tg.validate_config(cfg, 1)
