@@ -1,6 +1,7 @@
 """End-to-end CPU runs of a tiny frontier configuration (every switch on, BigramHash and the classic
 smear gate too): 2 processes train, export and score; a run killed before depth recurrence switches on
 resumes to the same score; compiled, it matches eager and compiles nothing after the warm-up."""
+import math
 import re
 import signal
 
@@ -34,9 +35,11 @@ def test_two_process_frontier_run_trains_exports_and_scores(frontier_two):
     assert "ema: the exponential moving average (decay 0.9965) replaces the weights" in log
     losses = [v for _, v in train_losses(log)]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.5
-    pre, post, sliding = (float(final_figures(log, k)[1]) for k in ("final_prequant_exact", "final_roundtrip_exact",
-                                                                    "final_sliding_exact"))
-    assert sliding < post and abs(post - pre) < 0.05
+    pre, post, ttt = (float(final_figures(log, k)[1]) for k in ("final_prequant_exact", "final_roundtrip_exact",
+                                                                "final_ttt_exact"))
+    assert math.isfinite(ttt) and abs(post - pre) < 0.05
+    assert "gptq: Hessians of" in log and re.search(r"export: \d+ bytes .*QUANT_METHOD=gptq QUANT_CLIP=sdclip LQER_TOP_K=3 "
+                                                    r"COMPRESSOR=brotli", log) and "counted:packed" in log
 
 
 def test_frontier_artifact_is_rescored_exactly(frontier_two, sample_data):
@@ -46,7 +49,7 @@ def test_frontier_artifact_is_rescored_exactly(frontier_two, sample_data):
     res = run_trainer(cwd, env)
     assert res.returncode == 0, res.stderr[-3000:]
     rescored = (cwd / "logs" / "f2e_eval.txt").read_text()
-    for key in ("final_roundtrip_exact", "final_sliding_exact"):
+    for key in ("final_roundtrip_exact", "final_ttt_exact"):
         assert final_figures(rescored, key) == final_figures(log, key)
 
 
@@ -64,7 +67,7 @@ def test_a_run_killed_before_looping_resumes_to_the_same_score(sample_data, tmp_
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = (tmp_path / "logs" / "cut.txt").read_text()
     assert "looping: depth recurrence on from step 8" in resumed
-    for key in ("final_prequant_exact", "final_sliding_exact"):
+    for key in ("final_prequant_exact", "final_ttt_exact"):
         assert final_figures(resumed, key) == final_figures(reference, key)
 
 
@@ -77,5 +80,5 @@ def test_compiled_frontier_run_matches_eager_and_compiles_nothing_after_warmup(f
     assert "compile: 0 graph(s) compiled during the training steps after the warm-up" in log
     eager = dict(train_losses(frontier_two[1]))
     assert all(abs(eager[step] - loss) < 3e-3 for step, loss in train_losses(log))
-    assert abs(float(final_figures(log, "final_sliding_exact")[1])
-               - float(final_figures(frontier_two[1], "final_sliding_exact")[1])) < 5e-3
+    assert abs(float(final_figures(log, "final_roundtrip_exact")[1])
+               - float(final_figures(frontier_two[1], "final_roundtrip_exact")[1])) < 5e-3

@@ -55,10 +55,16 @@ def test_log_header_final_lines_and_summary_agree(single):
     assert int(re.search(r"bpb_audit: (\d+) validation documents re-encode to their ids and decode", log)[1]) > 20
 
 
-def test_two_processes_follow_the_same_loss_curve(single, sample_data, tmp_path):
-    res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="two"), nproc=2)
+@pytest.fixture(scope="module")
+def two(sample_data, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("two")
+    res = run_trainer(cwd, trainer_env(sample_data, RUN_ID="two"), nproc=2)
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (tmp_path / "logs" / "two.txt").read_text()
+    return cwd, (cwd / "logs" / "two.txt").read_text()
+
+
+def test_two_processes_follow_the_same_loss_curve(single, two):
+    tmp_path, log = two
     assert "world_size:2 backend:gloo" in log
     one, two = train_losses(single[1]), train_losses(log)
     assert [s for s, _ in one] == [s for s, _ in two]
@@ -199,3 +205,45 @@ def test_classic_recipe_score_is_pinned(single):
     work (commit 553fade prints these figures): classic behaves exactly as it did."""
     assert final_figures(single[1], "final_sliding_exact") == ("5.72175875", "2.95878648")
     assert final_figures(single[1], "final_prequant_exact") == ("5.73609230", "2.96619852")
+
+
+def test_two_machines_give_the_score_of_one_machine_with_two_processes(two, sample_data, tmp_path):
+    """torchrun's multi-node launch, on one machine: two launchers of one process each meet at a rendezvous
+    endpoint; the score equals that of one launcher with two processes, and only global rank 0 writes."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = trainer_env(sample_data, RUN_ID="nodes")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}",
+                               "--rdzv_id=golf", str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    log = (tmp_path / "logs" / "nodes.txt").read_text()
+    assert "world_size:2 backend:gloo" in log and sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "nodes.json", "nodes.ptz", "nodes.txt"]
+    assert "final_sliding_exact" not in outputs[1]  # the second machine's process prints nothing
+    for key in ("final_prequant_exact", "final_roundtrip_exact", "final_sliding_exact"):
+        assert final_figures(log, key) == final_figures(two[1], key)
+
+
+def test_console_shows_what_people_grep_for_and_the_log_has_everything(single, sample_data, tmp_path):
+    res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="console", WEIGHT_DECAY="0.1", EMBED_BITS="6",
+                                            MAX_WALLCLOCK_SECONDS="1.5", ITERATIONS="100000", WARMDOWN_ITERS="3"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    out, log = res.stdout, (tmp_path / "logs" / "console.txt").read_text()
+    assert out.splitlines()[0] == "log: logs/console.txt"
+    assert out.strip().splitlines()[-1].startswith("final_int8_zlib_roundtrip_exact val_loss:")
+    assert "  NUM_LAYERS=2" in log and "  NUM_LAYERS=2" not in out  # the full dump goes to the log only
+    assert re.search(r"^settings that differ from the classic recipe: .*NUM_LAYERS=2", out, re.M)
+    for pattern in (r"^model_params:\d+", r"^stopping_early: wallclock_cap train_time:\d+ms step:\d+/100000$",
+                    r"^peak memory allocated: \d+ MiB reserved: \d+ MiB", r"^Total submission size: \d+ bytes$",
+                    r"^summary: logs/console.json$"):
+        assert re.search(pattern, out, re.M) and re.search(pattern, log, re.M), pattern
+    assert "warning: WEIGHT_DECAY is a setting of other scripts, not read here: use MUON_WD, ADAM_WD and EMBED_WD" in out
+    assert "warning: EMBED_BITS is a setting of other scripts, not read here: use QUANT_BITS_EMBED" in out
+    assert "summary_json" not in out and len(out.strip().splitlines()[-1]) < 100
