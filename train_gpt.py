@@ -173,7 +173,7 @@ class Config:
     lqer_factor_bits: int = S(4, "[2, 8]")
     lqer_asym_group: int = S(64, "[1, 1048576]")
     prune_frac: float = S(0.0, "[0, 1)")
-    compressor: str = S("zstd", "zstd|brotli|lzma")
+    compressor: str = S("zstd", "zstd|brotli|lzma|ans")
     zstd_level: int = S(22, "[1, 22]")
     fit_to_cap: bool = S(False, "0|1")
     code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
@@ -214,7 +214,7 @@ RECIPES = {
         matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03, muon_momentum=0.97, muon_ns="polar",
         muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
         ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7, quant_method="gptq",
-        quant_clip="sdclip", gptq_reserve_seconds=5.0, lqer_top_k=3, compressor="brotli", code_bytes="packed",
+        quant_clip="sdclip", gptq_reserve_seconds=5.0, lqer_top_k=3, compressor="ans", code_bytes="packed",
         eval_mode="ttt", phased_ttt_num_phases=3),
 }
 # Names other public scripts use, with what this one reads instead (warned about, never silently ignored).
@@ -450,14 +450,6 @@ class RunLog:
                 print(msg, flush=True)
             self.file.write(msg + "\n")
             self.file.flush()
-
-
-class DryRunLog:
-    """DRY_RUN prints everything, the full settings dump included, to the console."""
-    path = None
-
-    def __call__(self, msg: str = "", console: bool = True) -> None:
-        print(msg, flush=True)
 
 
 def package_version(module: str) -> str | None:
@@ -1158,25 +1150,11 @@ def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
     return max(step / max(cfg.iterations, 1), by_time)
 
 
-def host_copy(t: torch.Tensor) -> tuple:
-    """Start copying a device scalar to the host; returns (tensor, event to wait on or None)."""
-    if t.device.type != "cuda":
-        return t.detach(), None
-    host = t.detach().to("cpu", non_blocking=True)
-    ready = torch.cuda.Event()
-    ready.record()
-    return host, ready
-
-
 class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the message has the step and last good figures."""
 
 
-_STOP_SIGNAL = {"received": False}
-
-
-def _on_sigterm(signum, frame):
-    _STOP_SIGNAL["received"] = True
+_STOP_SIGNAL = {"received": False}  # set by SIGTERM when checkpoints are on
 
 
 CHECKPOINT_FORMAT = "train_gpt-checkpoint-1"
@@ -1312,7 +1290,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     ckpt_every, ckpt_unit = checkpoint_interval(cfg)
     ckpt_path = Path(cfg.checkpoint_path)
     if ckpt_every:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, lambda signum, frame: _STOP_SIGNAL.update(received=True))
     last_ckpt_ms = training_ms
 
     def checkpoint(reason: str):
@@ -1378,7 +1356,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         # Non-finite check one step behind, so the host never waits on the step it just launched.
         if pending is not None:
             check_finite(*pending)
-        pending = (step, *host_copy(loss))
+        pending = (step, loss.detach().to("cpu", non_blocking=True), torch.cuda.Event() if loss.is_cuda else None)
+        if pending[2]:  # recorded after the copy was queued: waiting on it means the host value has arrived
+            pending[2].record()
         if cfg.swa_every and scale < cfg.swa_start_frac and step % cfg.swa_every == 0:
             swa.add(model)
         elapsed = training_ms + 1000 * (time.perf_counter() - t0)
@@ -1569,7 +1549,8 @@ def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
 
     def add(name, x):
         x = x.detach().flatten(0, -2).float()
-        hessians[name] = hessians[name].addmm_(x.T, x) if name in hessians else x.T @ x
+        with torch.autocast(x.device.type, enabled=False):  # accumulated in fp32 whatever the compute dtype
+            hessians[name] = hessians[name].addmm_(x.T, x) if name in hessians else x.T @ x
     for name, m in model.named_modules():
         if isinstance(m, QATLinear) and quant_bits_for(name + ".weight", cfg) < 16:
             hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])))
@@ -1659,6 +1640,28 @@ def codec(name: str) -> tuple:
         import brotli
         return (lambda raw, cfg: brotli.compress(raw, quality=11, lgwin=24),
                 lambda data, n: brotli.Decompressor().process(data, output_buffer_limit=n + 1))
+    if name == "ans":  # order-0 ANS of int8 codes: i8 lowest code, u16 levels, u32 histogram, the coded words
+        import constriction
+        model = lambda counts: constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)  # noqa: E731
+
+        def compress(raw, cfg):
+            x = np.frombuffer(raw, np.int8).astype(np.int32)
+            lo = int(x.min()) if x.size else 0
+            counts, coder = np.bincount(x - lo, minlength=1), constriction.stream.stack.AnsCoder()
+            if len(counts) > 1:
+                coder.encode_reverse(x - lo, model(counts))
+            return struct.pack("<bH", lo, len(counts)) + counts.astype("<u4").tobytes() + coder.get_compressed().astype("<u4").tobytes()
+
+        def decompress(data, n):
+            lo, k = struct.unpack_from("<bH", data)
+            counts = np.frombuffer(data, "<u4", k, 3)
+            if not 1 <= k <= 256 or int(counts.sum(dtype=np.uint64)) != n or (len(data) - 3 - 4 * k) % 4:
+                raise ValueError("malformed ANS stream: its histogram does not hold the declared size")
+            if k == 1:
+                return np.full(n, lo, np.int8).tobytes()
+            words = np.frombuffer(data, "<u4", offset=3 + 4 * k).astype(np.uint32)
+            return (constriction.stream.stack.AnsCoder(words).decode(model(counts), n) + lo).astype(np.int8).tobytes()
+        return compress, decompress
     raise ValueError(f"unknown codec {name!r}")
 
 
@@ -1687,15 +1690,15 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -
             streams.setdefault(stream_role(e["name"], key), []).append((e, key, arr))
     table, bodies, meta = [dict(e, arrays={}) for e in entries], [], []
     index = {e["name"]: t for e, t in zip(entries, table)}
-    compress = codec(cfg.compressor)[0]
     for i, (role, items) in enumerate(streams.items()):
         offset = 0
         for e, key, arr in items:
             index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
         raw = b"".join(arr.tobytes() for _, _, arr in items)
-        bodies.append(compress(raw, cfg))
-        meta.append(dict(codec=cfg.compressor, raw=len(raw), size=len(bodies[-1])))
+        name = cfg.compressor if role != "other" or cfg.compressor != "ans" else ("brotli" if not codec_problem("brotli") else "zstd")
+        bodies.append(codec(name)[0](raw, cfg))  # ans codes int8 codes; the scales and fp16 tensors go to brotli
+        meta.append(dict(codec=name, raw=len(raw), size=len(bodies[-1]), crc32=zlib.crc32(raw)))
     header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,
                              streams=meta)).encode()
     packed = zlib.compress(header, 9)
@@ -1843,8 +1846,8 @@ def check_header(h: dict, body_size: int) -> None:
                             eval_stride=1, eval_seq_len=0, swa_every=0), 1)
     streams, end = h["streams"], 0
     for s in streams:
-        if s["codec"] not in ("zstd", "lzma", "brotli") or not all(isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES
-                                                                    for k in ("raw", "size")):
+        if s["codec"] not in ("zstd", "lzma", "brotli", "ans") or not isinstance(s["crc32"], int) or not all(
+                isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES for k in ("raw", "size")):
             raise ValueError(f"stream {s!r}: unknown codec or size outside [0, {MAX_PAYLOAD_BYTES}]")
         end += s["size"]
     if end != body_size:
@@ -1879,8 +1882,9 @@ def read_artifact(path: str) -> tuple[dict, dict]:
     for s in header["streams"]:
         try:
             streams.append(codec(s["codec"])[1](body[at:at + s["size"]], s["raw"]))
-            if len(streams[-1]) != s["raw"]:
-                raise ValueError(f"it holds {len(streams[-1])} bytes or more, the header declares {s['raw']}")
+            if len(streams[-1]) != s["raw"] or zlib.crc32(streams[-1]) != s["crc32"]:
+                raise ValueError(f"it decodes to {len(streams[-1])} bytes (or more) with CRC-32 {zlib.crc32(streams[-1])}, "
+                                 f"the header declares {s['raw']} with {s['crc32']} (another codec package version?)")
         except ImportError as e:
             raise ArtifactError(f"{path}: stream {len(streams)} is {s['codec']}-compressed: pip install {e.name}") from None
         except Exception as e:  # each codec raises its own error types
@@ -2110,11 +2114,6 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
 # ==================================== main ====================================
 
 
-def code_identity() -> tuple[bytes, str]:
-    code = Path(__file__).read_bytes()
-    return code, hashlib.sha256(code).hexdigest()
-
-
 def compile_stats(key: str) -> dict:
     """torch.compile's counters of one kind (graph breaks, compiled graphs); empty when it never ran."""
     if "torch._dynamo" not in sys.modules:
@@ -2143,7 +2142,7 @@ def agree(rt: Runtime, error: str | None) -> None:
 
 def log_header(log, cfg: Config, rt: Runtime | None, mode: str, code: tuple, attention: str, warnings) -> None:
     """Identity of the run; the settings that differ from the recipe; every setting (log file only)."""
-    if log.path:
+    if getattr(log, "path", None):
         print(f"log: {log.path}", flush=True)
     log(f"train_gpt run_id:{cfg.run_id} mode:{mode} recipe:{cfg.recipe}")
     log(f"code sha256:{code[1]} bytes:{len(code[0])}")
@@ -2218,7 +2217,8 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     summary.update(
         roundtrip_val_loss=r_loss, roundtrip_val_bpb=r_bpb, val_loss=s_loss, val_bpb=s_bpb,
         eval_stride=cfg.eval_stride, eval_seq_len=cfg.eval_seq_len, val_tokens=val.num_targets, val_full=val.full,
-        eval_time_s=s_time, artifact_bytes=artifact_bytes, bytes_total=total, size_cap=SIZE_CAP_BYTES,
+        eval_time_s=s_time, artifact_bytes=artifact_bytes, code_bytes_counted=code_counted, bytes_total=total,
+        size_cap=SIZE_CAP_BYTES,
         over_cap=over, artifact_path=str(cfg.artifact_path), eval_mode=cfg.eval_mode, eval_notes=notes,
         eval_total_s=total_s)
     summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + total_s
@@ -2323,9 +2323,12 @@ def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
 
 
 def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
-    code, user_settings = code_identity(), non_default_settings(cfg)
+    code, user_settings = Path(__file__).read_bytes(), non_default_settings(cfg)
+    code = (code, hashlib.sha256(code).hexdigest())
     if cfg.dry_run:
-        log_header(DryRunLog(), cfg, None, "dry_run", code, "n/a", warnings)
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        log_header(lambda msg="", console=True: print(msg), cfg, None, "dry_run", code, "n/a", warnings)
+        print(f"attention:{select_attention(cfg.attn_backend, device)[0]} on {device.type}")
         train_bytes, eval_bytes, params = memory_estimate(cfg)
         print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
         print(f"model_params:{params}")

@@ -369,7 +369,8 @@ def consistency_problems(run: Run) -> list[str]:
     if f is None:
         problems.append("no final_size line")
     else:
-        pairs = (("artifact_bytes", "artifact_bytes"), ("code_bytes", "code_bytes"),
+        counted = "code_bytes_counted" if "code_bytes_counted" in s else "code_bytes"  # CODE_BYTES=packed counts less
+        pairs = (("artifact_bytes", "artifact_bytes"), ("code_bytes", counted),
                  ("total_bytes", "bytes_total"), ("cap", "size_cap"))
         for field_, key in pairs:
             if f.get(field_) != s[key]:
@@ -382,8 +383,8 @@ def consistency_problems(run: Run) -> list[str]:
                         f"{s['bytes_total']}")
     if run.summary_line is not None and run.summary_line != s:
         problems.append(f"the summary_json line differs from {run.summary_path.name}")
-    if s["bytes_total"] != s["code_bytes"] + s["artifact_bytes"]:
-        problems.append(f"bytes_total {s['bytes_total']} != code_bytes + artifact_bytes")
+    if s["bytes_total"] != s.get("code_bytes_counted", s["code_bytes"]) + s["artifact_bytes"]:
+        problems.append(f"bytes_total {s['bytes_total']} != code bytes + artifact_bytes")
     for key in ("val_loss", "val_bpb", "roundtrip_val_bpb", "prequant_val_bpb"):
         if not math.isfinite(s[key]):
             problems.append(f"{key} is {s[key]}")

@@ -95,6 +95,21 @@ def reheader(blob: bytes, edit=None, body=None, **changes) -> bytes:
     return out + tg.hashlib.sha256(out).digest()
 
 
+def ans_artifact(damage) -> bytes:
+    """An ANS-coded artifact whose first stream is damaged by `damage` (checksum recomputed)."""
+    cfg = tg.Config(**{**tiny_config().__dict__, "compressor": "ans"})
+    torch.manual_seed(0)
+    blob = tg.pack_artifact(tg.quantise_state(tg.GPT(cfg).state_dict(), cfg), cfg, {k: getattr(cfg, k) for k in tg.SCORE_FIELDS})
+    head = len(tg.ARTIFACT_MAGIC) + 10
+    size = struct.unpack_from("<I", blob, head - 8)[0]
+    streams = json.loads(zlib.decompress(blob[head:head + size]))["streams"]
+    i = next(i for i, st in enumerate(streams) if st["codec"] == "ans")
+    at = head + size + sum(st["size"] for st in streams[:i])
+    stream = damage(blob[at:at + streams[i]["size"]])
+    return reheader(blob, body=blob[head + size:at] + stream + blob[at + streams[i]["size"]:-32],
+                    **{f"streams__{i}__size": len(stream)})
+
+
 def huge_frame(blob: bytes) -> bytes:
     """Stream 0 replaced by a tiny zstd frame that declares 1 TiB of content; checksum valid."""
     frame = bytearray(zstandard.ZstdCompressor().compress(b"x" * 64))
@@ -228,6 +243,9 @@ FILE_CASES = [
             b[:14] + struct.pack("<I", 1 << 30) + b[18:-32]).digest())(artifact_bytes()), "the header declares 1073741824 bytes"),
         ("LQER rank beyond the matrix", lambda: reheader(artifact_bytes(), edit=lambda h: next(
             t for t in h["tensors"] if t["kind"] == "q").update(lqer=[10**6, 64])), "bad LQER rank/group"),
+        ("stream decodes to other bytes", lambda: artifact_bytes(streams__0__crc32=12345), "the header declares"),
+        ("ANS histogram of another size", lambda: ans_artifact(lambda b: b[:3] + (7).to_bytes(4, "little") + b[7:]),
+         "cannot be decompressed (malformed ANS stream: its histogram does not hold the declared size)"),
         ("header not JSON", lambda: reheader(artifact_bytes(), edit=lambda h: h.clear()), "malformed header"),
         ("model field missing", lambda: reheader(artifact_bytes(), edit=lambda h: h["model"].pop("num_layers")), "num_layers"),
         ("model field of a wrong type", lambda: artifact_bytes(model__num_layers="2"), "model.num_layers='2' is not a int"),

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: deselect with -m "not slow"
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAINER = ROOT / "train_gpt.py"
 BUILDER = ROOT / "data" / "build_dataset.py"

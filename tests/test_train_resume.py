@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT, final_figures, run_trainer, train_losses, trainer_env
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: deselect with -m "not slow"
+
 LONG = dict(ITERATIONS=40, WARMDOWN_ITERS=20, VAL_LOSS_EVERY=0, CHECKPOINT_EVERY=5, SWA_EVERY=3)
 
 

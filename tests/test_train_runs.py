@@ -207,6 +207,7 @@ def test_classic_recipe_score_is_pinned(single):
     assert final_figures(single[1], "final_prequant_exact") == ("5.73609230", "2.96619852")
 
 
+@pytest.mark.slow
 def test_two_machines_give_the_score_of_one_machine_with_two_processes(two, sample_data, tmp_path):
     """torchrun's multi-node launch, on one machine: two launchers of one process each meet at a rendezvous
     endpoint; the score equals that of one launcher with two processes, and only global rank 0 writes."""
@@ -231,6 +232,7 @@ def test_two_machines_give_the_score_of_one_machine_with_two_processes(two, samp
         assert final_figures(log, key) == final_figures(two[1], key)
 
 
+@pytest.mark.slow
 def test_console_shows_what_people_grep_for_and_the_log_has_everything(single, sample_data, tmp_path):
     res = run_trainer(tmp_path, trainer_env(sample_data, RUN_ID="console", WEIGHT_DECAY="0.1", EMBED_BITS="6",
                                             MAX_WALLCLOCK_SECONDS="1.5", ITERATIONS="100000", WARMDOWN_ITERS="3"))

@@ -162,6 +162,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_agree(sample_data, tmp_path):
     script = tmp_path / "ttt2.py"
     script.write_text(TWO_PROCESSES)
