@@ -1641,6 +1641,7 @@ def codec(name: str) -> tuple:
         return (lambda raw, cfg: brotli.compress(raw, quality=11, lgwin=24),
                 lambda data, n: brotli.Decompressor().process(data, output_buffer_limit=n + 1))
     if name == "ans":  # order-0 ANS of int8 codes: i8 lowest code, u16 levels, u32 histogram, the coded words
+        import brotli  # noqa: F401  (an ans artifact keeps its other streams in brotli)
         import constriction
         model = lambda counts: constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)  # noqa: E731
 
@@ -1696,9 +1697,11 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -
             index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
         raw = b"".join(arr.tobytes() for _, _, arr in items)
-        name = cfg.compressor if role != "other" or cfg.compressor != "ans" else ("brotli" if not codec_problem("brotli") else "zstd")
-        bodies.append(codec(name)[0](raw, cfg))  # ans codes int8 codes; the scales and fp16 tensors go to brotli
-        meta.append(dict(codec=name, raw=len(raw), size=len(bodies[-1]), crc32=zlib.crc32(raw)))
+        # ans: each code stream gets the smaller of ANS and brotli (LZ wins on near-duplicate rows); the rest, brotli
+        names = [cfg.compressor] if cfg.compressor != "ans" else ["ans", "brotli"] if role != "other" else ["brotli"]
+        name, body = min(((n, codec(n)[0](raw, cfg)) for n in names), key=lambda c: len(c[1]))
+        bodies.append(body)
+        meta.append(dict(codec=name, raw=len(raw), size=len(body), crc32=zlib.crc32(raw)))
     header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,
                              streams=meta)).encode()
     packed = zlib.compress(header, 9)
