@@ -1681,6 +1681,13 @@ def stream_role(name: str, key: str) -> str:
     return re.sub(r"^blocks\.\d+\.", "", name) if key == "q" else "other"
 
 
+def compress_stream(raw: bytes, codes: bool, cfg: Config) -> tuple[str, bytes]:
+    """(codec, compressed bytes) of one stream under COMPRESSOR. ans codes int8 code streams only, each in
+    the smaller of ANS and brotli (LZ wins on near-duplicate rows), and sends the rest to brotli."""
+    names = [cfg.compressor] if cfg.compressor != "ans" else ["ans", "brotli"] if codes else ["brotli"]
+    return min(((n, codec(n)[0](raw, cfg)) for n in names), key=lambda c: len(c[1]))
+
+
 def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -> bytes:
     """Serialise quantised entries as: magic, u16 version, u32 compressed and u32 raw header length,
     zlib(JSON header: model config, score settings, tensor table, streams), the compressed streams,
@@ -1697,9 +1704,7 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -
             index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
         raw = b"".join(arr.tobytes() for _, _, arr in items)
-        # ans: each code stream gets the smaller of ANS and brotli (LZ wins on near-duplicate rows); the rest, brotli
-        names = [cfg.compressor] if cfg.compressor != "ans" else ["ans", "brotli"] if role != "other" else ["brotli"]
-        name, body = min(((n, codec(n)[0](raw, cfg)) for n in names), key=lambda c: len(c[1]))
+        name, body = compress_stream(raw, role != "other", cfg)
         bodies.append(body)
         meta.append(dict(codec=name, raw=len(raw), size=len(body), crc32=zlib.crc32(raw)))
     header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,

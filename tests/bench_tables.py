@@ -18,7 +18,7 @@ eval      that model's classic artifact scored by EVAL_ONLY in every EVAL_MODE: 
 Every run is `python3 train_gpt.py` (1 process, OMP_NUM_THREADS=--threads) in a temporary folder;
 figures come from its summary JSON and log. Needs the project's requirements (brotli, constriction).
 """
-import argparse, json, os, re, shutil, statistics, subprocess, sys, sysconfig, tempfile, time, zlib
+import argparse, dataclasses, json, os, re, shutil, statistics, subprocess, sys, sysconfig, tempfile, time, zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +125,8 @@ def recompress(path: str) -> dict:
     out = {}
     for name in ("zstd", "brotli", "lzma", "ans"):
         t0, meta, size = time.perf_counter(), [], 0
-        for raw, holds_codes in zip(raws, _code_streams(header)):  # ans: as pack_artifact, the smaller of ans/brotli
-            names = [name] if name != "ans" else ["ans", "brotli"] if holds_codes else ["brotli"]
-            c, data = min(((n, tg.codec(n)[0](raw, tg.DEFAULTS)) for n in names), key=lambda x: len(x[1]))
+        for raw, holds_codes in zip(raws, _code_streams(header)):
+            c, data = tg.compress_stream(raw, holds_codes, dataclasses.replace(tg.DEFAULTS, compressor=name))
             assert tg.codec(c)[1](data, len(raw)) == raw, f"{c} round trip"
             meta.append(dict(codec=c, raw=len(raw), size=len(data), crc32=zlib.crc32(raw)))
             size += len(data)
