@@ -179,7 +179,7 @@ class Config:
     code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
     # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
-    attn_backend: str = S("auto", "auto|fa3|fa2|sdpa")
+    attn_backend: str = S("auto", "auto|fa3|fa2|sdpa|matmul")
     cpu_dtype: str = S("bf16", "bf16|fp32")
     # checkpoints
     checkpoint_every: str = S("0", "N|Ns")  # 0 = off, N = every N steps, Ns = every N seconds
@@ -237,11 +237,9 @@ def parse_setting(kind: str, raw: str):
     """A setting's value from its text; ValueError (with the reason) when it is not of its kind."""
     raw = raw.strip()
     if kind == "bool":
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("not a boolean: use 1 or 0")
+        if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError("not a boolean: use 1 or 0")
+        return raw.lower() in ("1", "true", "yes", "on")
     if kind == "str":
         return raw
     try:
@@ -463,12 +461,10 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
 
 # ==================================== data ====================================
 
@@ -758,13 +754,41 @@ def _sdpa(q, k, v):
     return y.transpose(1, 2)
 
 
-def select_attention(requested: str, device: torch.device):
-    """(name, fn) with fn(q, k, v) -> causal attention over (B, T, heads, head_dim) tensors.
-    FlashAttention 3, else 2 on CUDA, else PyTorch SDPA; an absent package never fails the import."""
-    candidates = {"auto": ["fa3", "fa2", "sdpa"], "fa3": ["fa3"], "fa2": ["fa2"], "sdpa": ["sdpa"]}[requested]
-    for name in candidates:
-        if name == "sdpa":
-            return "sdpa", _sdpa
+class MatmulAttention(torch.autograd.Function):
+    """Causal GQA attention over (B, T, heads, head_dim) like `_sdpa`, as two batched matmuls around a softmax:
+    the query heads of a kv head are stacked along time (no k/v repeat), and the backward recomputes the
+    probabilities rather than keeping a T x T matrix per layer. Faster than SDPA's CPU kernel in bf16."""
+
+    @staticmethod
+    def probabilities(qh, kh, tq):
+        tk = kh.size(1)
+        blocked = torch.ones(tq, tk, dtype=torch.bool, device=qh.device).triu_(tk - tq + 1)
+        bias = qh.new_zeros(tq, tk).masked_fill_(blocked, -math.inf).repeat(qh.size(1) // tq, 1)
+        return torch.softmax(torch.baddbmm(bias, qh, kh.transpose(1, 2), alpha=qh.size(2) ** -0.5), -1)
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        (B, tq, H, D), kv = q.shape, k.size(2)
+        qh, kh, vh = (t.transpose(1, 2).reshape(B * kv, -1, D) for t in (q, k, v))
+        ctx.save_for_backward(qh, kh, vh)
+        return (MatmulAttention.probabilities(qh, kh, tq) @ vh).view(B, H, tq, D).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (qh, kh, vh), (B, tq, H, D) = ctx.saved_tensors, grad.shape
+        p, gh = MatmulAttention.probabilities(qh, kh, tq), grad.transpose(1, 2).reshape(qh.shape)
+        ds = torch._softmax_backward_data(gh @ vh.transpose(1, 2), p, -1, p.dtype).mul_(D ** -0.5)
+        dk, dv = (t.view(B, -1, kh.size(1), D).transpose(1, 2) for t in (ds.transpose(1, 2) @ qh, p.transpose(1, 2) @ gh))
+        return (ds @ kh).view(B, H, tq, D).transpose(1, 2), dk, dv
+
+
+def select_attention(requested: str, device: torch.device, bf16: bool = True):
+    """(name, fn) with fn(q, k, v) -> causal attention over (B, T, heads, head_dim) tensors. auto: FlashAttention
+    3, else 2, else SDPA on CUDA; on CPU matmul in bf16, SDPA in fp32 (an absent package never fails the import)."""
+    auto = ["fa3", "fa2", "sdpa"] if device.type == "cuda" else ["matmul" if bf16 else "sdpa"]
+    for name in auto if requested == "auto" else [requested]:
+        if name in ("sdpa", "matmul"):
+            return name, _sdpa if name == "sdpa" else MatmulAttention.apply
         if device.type != "cuda":
             continue
         try:
@@ -776,8 +800,7 @@ def select_attention(requested: str, device: torch.device):
             y = _fn(q, k, v, causal=True)
             return y[0] if isinstance(y, tuple) else y
         return name, flash
-    raise ConfigError(f"ATTN_BACKEND={requested} is not available on this machine ({device.type}); "
-                      "use ATTN_BACKEND=auto")
+    raise ConfigError(f"ATTN_BACKEND={requested} is not available on this machine ({device.type}); use ATTN_BACKEND=auto")
 
 
 class CausalSelfAttention(nn.Module):
@@ -1452,15 +1475,9 @@ class ArtifactError(Exception):
 
 def quant_bits_for(name: str, cfg: Config) -> int:
     """Export bit width of a matrix by its name (16 = kept as fp16)."""
-    if name.startswith("tok_emb."):
-        return cfg.quant_bits_embed
-    if name.endswith(".gate") or name == "smear_weight":
-        return cfg.quant_bits_gate
-    if name.startswith("bigram."):
-        return cfg.quant_bits_bigram
-    if ".mlp." in name:
-        return cfg.quant_bits_mlp
-    return cfg.quant_bits_attn if ".attn." in name else 16
+    return (cfg.quant_bits_embed if name.startswith("tok_emb.") else cfg.quant_bits_bigram if name.startswith("bigram.")
+            else cfg.quant_bits_gate if name.endswith(".gate") or name == "smear_weight" else cfg.quant_bits_mlp
+            if ".mlp." in name else cfg.quant_bits_attn if ".attn." in name else 16)
 
 
 def clip_sigmas_for(name: str, cfg: Config) -> float:
@@ -2336,7 +2353,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     if cfg.dry_run:
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         log_header(lambda msg="", console=True: print(msg), cfg, None, "dry_run", code, "n/a", warnings)
-        print(f"attention:{select_attention(cfg.attn_backend, device)[0]} on {device.type}")
+        print(f"attention:{select_attention(cfg.attn_backend, device, cfg.cpu_dtype == 'bf16')[0]} on {device.type}")
         train_bytes, eval_bytes, params = memory_estimate(cfg)
         print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
         print(f"model_params:{params}")
@@ -2348,17 +2365,15 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     tokenizer_record = check_tokenizer_record(cfg)
     val_files = find_shards(cfg.data_path, "val")
     train_files = [] if cfg.eval_only else find_shards(cfg.data_path, "train")
-    for f in train_files[1:]:
-        open_shard(f)
-    if train_files:
-        open_shard(train_files[0], cfg.vocab_size)
+    for i, f in enumerate(train_files):  # headers of all; token ids of the first (the others as they are reached)
+        open_shard(f, None if i else cfg.vocab_size)
     tables = byte_tables(sp, cfg.vocab_size)
     rt = init_runtime(cfg)
     cfg.compile = "1" if cfg.compile == "1" or (cfg.compile == "auto" and rt.device.type == "cuda") else "0"
     cfg.run_id = broadcast_str(rt, cfg.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6])
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
-    attention_name, attention = select_attention(cfg.attn_backend, rt.device)
+    attention_name, attention = select_attention(cfg.attn_backend, rt.device, rt.autocast_dtype is not None)
     val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
     audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
     model, run_model = build_model(cfg, rt, attention)

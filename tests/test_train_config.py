@@ -51,7 +51,7 @@ def test_values_are_parsed_by_type():
     ({"QUANT_BITS_MLP": "9"}, 1, "QUANT_BITS_MLP=9 is out of range: use a value in [2, 8]"),
     ({"QUANT_BITS_EMBED": "12"}, 1, "QUANT_BITS_EMBED=12 is not allowed: use one of 2, 3, 4, 5, 6, 7, 8, 16"),
     ({"PRUNE_FRAC": "1"}, 1, "PRUNE_FRAC=1.0 is out of range: use a value in [0, 1)"),
-    ({"ATTN_BACKEND": "xformers"}, 1, "ATTN_BACKEND='xformers' is not allowed: use one of auto, fa3, fa2, sdpa"),
+    ({"ATTN_BACKEND": "xformers"}, 1, "ATTN_BACKEND='xformers' is not allowed: use one of auto, fa3, fa2, sdpa, matmul"),
     ({"COMPILE": "yes"}, 1, "COMPILE='yes' is not allowed: use one of auto, 0, 1"),
     ({"CPU_DTYPE": "fp16"}, 1, "CPU_DTYPE='fp16' is not allowed: use one of bf16, fp32"),
     ({"CHECKPOINT_EVERY": "often"}, 1, "CHECKPOINT_EVERY='often'"),

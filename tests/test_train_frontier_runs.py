@@ -74,10 +74,12 @@ def test_a_run_killed_before_looping_resumes_to_the_same_score(sample_data, tmp_
 
 
 def test_compiled_frontier_run_matches_eager_and_compiles_nothing_after_warmup(sample_data, tmp_path):
-    """In fp32: bf16 kernels fused by the compiler legitimately round differently from eager ones."""
+    """In fp32: bf16 kernels fused by the compiler legitimately round differently from eager ones. The
+    matmul attention (CPU's bf16 default) is named so that its autograd.Function is compiled too."""
     logs = {}
     for name, compiled in (("eager", 0), ("compiled", 1)):
         res = run_trainer(tmp_path, frontier_env(sample_data, RUN_ID=name, COMPILE=compiled, CPU_DTYPE="fp32",
+                                                 ATTN_BACKEND="matmul",
                                                  EVAL_MODE="sliding", TORCHINDUCTOR_COMPILE_THREADS=1))
         assert res.returncode == 0, res.stderr[-3000:]
         logs[name] = (tmp_path / "logs" / f"{name}.txt").read_text()

@@ -83,6 +83,42 @@ def test_model_is_causal_and_returns_per_token_nll():
     assert torch.allclose(nll[:, :10], nll2[:, :10], atol=1e-6) and not torch.allclose(nll[:, 10:], nll2[:, 10:])
 
 
+def attention_inputs(tq, tk=12, dtype=torch.float64):
+    torch.manual_seed(tq)
+    return [torch.randn(2, t, h, 8, dtype=dtype, requires_grad=True) for t, h in ((tq, 4), (tk, 2), (tk, 2))]
+
+
+def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries():
+    """Outputs and all three gradients against PyTorch's SDPA in fp64, for full-length queries and for
+    the last positions only (sliding evaluation), plus a numerical gradient check of the hand-written backward."""
+    for tq in (12, 5):
+        q, k, v = attention_inputs(tq)
+        assert torch.autograd.gradcheck(tg.MatmulAttention.apply, (q, k, v))
+        out, ref = tg.MatmulAttention.apply(q, k, v), tg._sdpa(q, k, v)
+        assert out.shape == ref.shape == (2, tq, 4, 8) and torch.allclose(out, ref, atol=1e-12)
+        g = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+            assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_matmul_attention_keeps_no_score_matrix_for_the_backward():
+    """The backward recomputes the probabilities: what autograd keeps is q, k and v, nothing of T x T size."""
+    q, k, v = attention_inputs(12)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        tg.MatmulAttention.apply(q, k, v)
+    assert sorted(saved) == sorted(t.numel() for t in (q, k, v))
+
+
+def test_cpu_auto_attention_is_matmul_in_bf16_and_sdpa_in_fp32():
+    cpu = torch.device("cpu")
+    assert tg.select_attention("auto", cpu, True) == ("matmul", tg.MatmulAttention.apply)
+    assert tg.select_attention("auto", cpu, False) == ("sdpa", tg._sdpa)
+    assert tg.select_attention("sdpa", cpu, True)[0] == "sdpa" and tg.select_attention("matmul", cpu, False)[0] == "matmul"
+    q, k, v = (t.detach().to(torch.bfloat16) for t in attention_inputs(12))
+    assert (tg.MatmulAttention.apply(q, k, v).float() - tg._sdpa(q, k, v).float()).abs().max() < 0.05
+
+
 def test_untrained_model_loss_is_near_uniform():
     torch.manual_seed(0)
     nll = tg.GPT(tiny()).eval()(torch.randint(4, 64, (4, 16)), torch.randint(4, 64, (4, 16)))
