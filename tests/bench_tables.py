@@ -37,7 +37,11 @@ SWITCHES = [("XSA_LAST_N=4",), ("ROPE_DIMS=16",), ("LN_SCALE=1",), ("MLP_ACT=lea
 GPTQ_SD67 = dict(QUANT_METHOD="gptq", QUANT_CLIP="sdclip", QUANT_BITS_MLP=6, QUANT_BITS_ATTN=7)
 EXPORTS = [("RTN absmax (classic)", {}), ("RTN SDClip", dict(QUANT_CLIP="sdclip")),
            ("GPTQ absmax", dict(QUANT_METHOD="gptq")), ("GPTQ SDClip", dict(QUANT_METHOD="gptq", QUANT_CLIP="sdclip")),
-           ("GPTQ SDClip, int6 MLP / int7 attn", GPTQ_SD67), ("GPTQ SDClip int6/int7 + LQER", dict(GPTQ_SD67, LQER_TOP_K=3))]
+           ("GPTQ SDClip, int6 MLP / int7 attn", GPTQ_SD67), ("GPTQ SDClip int6/int7 + LQER", dict(GPTQ_SD67, LQER_TOP_K=3)),
+           ("RTN, int6 MLP / int8 embedding", dict(QUANT_BITS_MLP=6, QUANT_BITS_EMBED=8)),
+           ("GPTQ, int6 MLP / int8 embedding", dict(QUANT_METHOD="gptq", QUANT_BITS_MLP=6, QUANT_BITS_EMBED=8)),
+           ("GPTQ, int6 MLP / int8 embedding + LQER", dict(QUANT_METHOD="gptq", QUANT_BITS_MLP=6, QUANT_BITS_EMBED=8,
+                                                          LQER_TOP_K=3))]
 EVALS = [("sliding (stride 64)", dict(EVAL_MODE="sliding")), ("doc (chunks of 64)", dict(EVAL_MODE="doc")),
          ("ttt (defaults: chunks of 48, lr 1e-4, rank 80)", dict(EVAL_MODE="ttt")),
          ("ttt (lr 3e-3, rank 8)", dict(EVAL_MODE="ttt", TTT_LORA_LR=0.003, TTT_LORA_RANK=8)),
