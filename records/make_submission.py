@@ -467,8 +467,8 @@ def requirements_txt(runs: list[Run]) -> str:
     if flash:
         if attention == "fa3":
             lines.append(f"# FlashAttention 3 ({flash}) is built from source: see README.md, Setup")
-        elif attention == "sdpa":
-            lines.append(f"# flash-attn {flash} was installed but unused (attention: PyTorch SDPA)")
+        elif attention in ("sdpa", "matmul"):
+            lines.append(f"# flash-attn {flash} was installed but unused (attention: {attention})")
         else:
             lines.append(f"flash-attn=={flash}  # compiles against torch: pip install "
                          f"flash-attn=={flash} --no-build-isolation")
@@ -974,6 +974,8 @@ def setup_section(runs: list[Run]) -> list[str]:
                 "train_gpt.py uses PyTorch SDPA, which is slower.")
     elif attention == "sdpa":
         note = "not needed: the runs used PyTorch's scaled_dot_product_attention (SDPA)."
+    elif attention == "matmul":
+        note = "not needed: the runs used train_gpt.py's own matmul attention (plain PyTorch ops; CPU bf16 default)."
     else:
         note = ("the logs do not say which attention kernel ran; train_gpt.py takes FlashAttention 3, "
                 "else FlashAttention 2, else PyTorch SDPA, whichever is installed (`ATTN_BACKEND`)."

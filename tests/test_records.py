@@ -363,6 +363,7 @@ def test_setup_downloads_the_vocab_of_the_runs(tmp_path, vocab, repo):
     ("fa3", None, "FlashAttention 3 (`flash_attn_interface`", None),
     ("fa2", "2.8.3", "`pip install flash-attn==2.8.3 --no-build-isolation`", "flash-attn==2.8.3"),
     ("sdpa", None, "not needed: the runs used PyTorch's scaled_dot_product_attention", None),
+    ("matmul", "2.8.3", "not needed: the runs used train_gpt.py's own matmul attention", None),
     ("unknown", "2.8.3", "the logs do not say which attention kernel ran", "flash-attn==2.8.3"),
 ])
 def test_flash_attention_note_and_pin(tmp_path, attention, flash, text, pin):
