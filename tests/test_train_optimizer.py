@@ -26,11 +26,13 @@ def run(rt, **kw):
         opt.step()
     return ps, opt
 
+results = []
 for kw in (dict(), dict(coefficients=tg.NS_POLAR_EXPRESS, row_normalize=True)):
     shared, opt = run(tg.Runtime(rank, world, torch.device("cpu"), None, None), **kw)
     alone, _ = run(tg.Runtime(0, 1, torch.device("cpu"), None, None), **kw)
     same = all(torch.equal(a, b) for a, b in zip(shared, alone))
-    print(rank, "EQUAL" if same else "DIFFERENT", opt.bytes_per_step(), opt.shard, flush=True)
+    results.append(f"{{rank}} {{'EQUAL' if same else 'DIFFERENT'}} {{opt.bytes_per_step()}} {{opt.shard}}")
+open(sys.argv[1] + f".{{rank}}", "w").write("\\n".join(results))  # one file per rank: pipes interleave
 dist.destroy_process_group()
 """
 
@@ -39,8 +41,9 @@ def test_distributed_muon_update_is_bit_identical_to_one_process(tmp_path):
     script = tmp_path / "muon.py"
     script.write_text(DISTRIBUTED_MUON)
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script)], capture_output=True, text=True, timeout=300)
-    lines = sorted(l for l in out.stdout.splitlines() if l[:2] in ("0 ", "1 "))
+                          str(script), str(tmp_path / "result")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = sorted(line for rank in (0, 1) for line in (tmp_path / f"result.{rank}").read_text().splitlines())
     assert len(lines) == 4, out.stdout + out.stderr[-3000:]
     total = 64 * 32 * 2 + 32 * 64 + 48 * 48 + 16 * 80 + 8 * 8
     for line in lines:
