@@ -10,6 +10,7 @@ Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes.
 from __future__ import annotations
 
 import copy
+import ctypes
 import difflib
 import hashlib
 import json
@@ -26,6 +27,7 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -180,6 +182,7 @@ class Config:
     # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
     attn_backend: str = S("auto", "auto|fa3|fa2|sdpa|matmul")
+    fused_kernels: str = S("auto", "auto|0|1")  # auto = on for CPU in bf16
     cpu_dtype: str = S("bf16", "bf16|fp32")
     # checkpoints
     checkpoint_every: str = S("0", "N|Ns")  # 0 = off, N = every N steps, Ns = every N seconds
@@ -195,7 +198,7 @@ MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_he
                 "skip_gates_enabled", "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end")
 # Fields that change the score of given weights: stored in the artifact, the defaults of EVAL_ONLY.
 SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_tokens", "cpu_dtype", "compile",
-                "attn_backend", "eval_mode", "eval_budget_seconds", "ttt_chunk_size", "ttt_batch_size", "ttt_lora_rank",
+                "attn_backend", "fused_kernels", "eval_mode", "eval_budget_seconds", "ttt_chunk_size", "ttt_batch_size", "ttt_lora_rank",
                 "ttt_lora_alpha", "ttt_lora_lr", "ttt_beta1", "ttt_beta2", "ttt_weight_decay", "ttt_q_lora", "ttt_k_lora",
                 "ttt_v_lora", "ttt_o_lora", "ttt_mlp_lora", "ttt_head_lora", "phased_ttt_num_phases",
                 "phased_ttt_prefix_docs", "global_ttt_lr", "global_ttt_momentum", "global_ttt_chunk_tokens",
@@ -409,6 +412,9 @@ def init_runtime(cfg: Config) -> Runtime:
         autocast_dtype = torch.bfloat16
     else:
         device = torch.device("cpu")
+        if sys.platform == "linux":  # glibc returns big freed buffers to the OS, so every step's activations would
+            libc = ctypes.CDLL(None)  # come back as fresh page-faulting memory: keep them (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+            libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 1 << 30)
         autocast_dtype = torch.bfloat16 if cfg.cpu_dtype == "bf16" else None
     host_group = None
     if world_size > 1:
@@ -717,21 +723,38 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rotary_tables(seq_len: int, rope_dims: int, base: float, train_seq_len: int, device) -> tuple:
-    """cos/sin for the first `rope_dims` dims of each head; NTK-aware base scaling beyond the training length."""
+def rotary_tables(seq_len: int, head_dim: int, rope_dims: int, base: float, train_seq_len: int, device,
+                  heads: int = 1) -> tuple:
+    """(C, S), each (1, seq_len, heads, head_dim) in fp32, such that x * C + swap_halves(x) * S rotates the first
+    `rope_dims` dims of each head in pairs (i, i + rope_dims/2) and passes the rest (C = 1, S = 0: partial RoPE);
+    NTK-aware base scaling beyond the training length."""
     if seq_len > train_seq_len:
         base = base * (seq_len / train_seq_len) ** (rope_dims / (rope_dims - 2))
     inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+    cos, sin, rest = angles.cos(), angles.sin(), head_dim - rope_dims
+    tables = (torch.cat((cos, cos, angles.new_ones(seq_len, rest)), 1), torch.cat((-sin, sin, angles.new_zeros(seq_len, rest)), 1))
+    return tuple(t[None, :, None].expand(1, seq_len, heads, head_dim) for t in tables)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first 2*cos.size(-1) dims of each head in pairs (first half, second half of them);
-    the other dims carry no position (partial RoPE)."""
-    half = cos.size(-1)
-    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
+def swap_halves(x: torch.Tensor, half: int) -> torch.Tensor:
+    return torch.roll(x, half, -1) if 2 * half == x.size(-1) else torch.cat((x[..., half:2 * half], x[..., :half], x[..., 2 * half:]), -1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+    """RoPE with the tables of `rotary_tables` (x1 cos - x2 sin, x1 sin + x2 cos for the halves x1, x2)."""
+    return x * cos + swap_halves(x, half) * sin
+
+
+def norm_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int, gain=None) -> torch.Tensor:
+    """RoPE of rms_norm(x) (queries and keys, (B, T, heads, head_dim)), times a per-head gain if given."""
+    y = apply_rotary(rms_norm(x), cos, sin, half)
+    return y if gain is None else y * gain.to(y.dtype)[:, None]
+
+
+def squared_act(h: torch.Tensor, slope) -> torch.Tensor:
+    """relu(h)^2, or leaky_relu(h, slope)^2."""
+    return (F.relu(h) if slope is None else F.leaky_relu(h, slope)).square()
 
 
 def suffix(x: torch.Tensor, first: int) -> torch.Tensor:
@@ -742,6 +765,116 @@ def suffix(x: torch.Tensor, first: int) -> torch.Tensor:
 
 def softcap(z: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(z / cap) if cap else z
+
+
+def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, lora=None) -> torch.Tensor:
+    """Per-token NLL of `targets` under the softcapped logits x W^T (+ the TTT adapter): cross-entropy in fp32."""
+    logits = softcap(F.linear(x, weight) + lora_delta(x, lora), cap)  # compute dtype
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+
+# FUSED_KERNELS: rms_norm and head_loss with hand-written backwards and fewer passes over memory (on CPU, where
+# nothing fuses elementwise work, such passes take most of a step's time).
+
+
+class RMSNorm(torch.autograd.Function):
+    """rms_norm(x) (same eps: that of fp32 for bf16) as x times a per-row scale, which is kept in x's dtype."""
+
+    @staticmethod
+    def scale(x):
+        acc = torch.promote_types(x.dtype, torch.float32)
+        ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc).square_().div_(x.size(-1))
+        return ms.add_(torch.finfo(acc).eps).rsqrt_().to(x.dtype)
+
+    @staticmethod
+    def grad(g, y, scale):
+        """d/dx of rms_norm(x) = y = x * scale, given dL/dy: scale * (g - y * mean(g * y))."""
+        return torch.addcmul(g, y, torch.linalg.vecdot(g, y)[..., None], value=-1 / y.size(-1)).mul_(scale)
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x * (scale := RMSNorm.scale(x))
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return RMSNorm.grad(g, *ctx.saved_tensors)
+
+
+class NormRotary(torch.autograd.Function):
+    """norm_rotary with RMSNorm's passes and the gain in the tables: y * cos' + swap(y) * sin' (one multiply-add);
+    the backward rotates back by minus the angles."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, half, gain):
+        y = x * (scale := RMSNorm.scale(x))
+        ctx.save_for_backward(y, scale, cos, sin, gain)
+        ctx.half = half
+        if gain is not None:
+            cos, sin = cos * gain.to(x.dtype)[:, None], sin * gain.to(x.dtype)[:, None]
+        return torch.addcmul(y * cos, swap_halves(y, half), sin)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, scale, cos, sin, gain = ctx.saved_tensors
+        u = torch.addcmul(g * cos, swap_halves(g, ctx.half), sin, value=-1)  # dL/d(rotated y), before the gain
+        if gain is None:
+            return RMSNorm.grad(u, y, scale), None, None, None, None
+        c = torch.linalg.vecdot(u, y)  # dL/dgain per row
+        dx = torch.addcmul(u, y, c[..., None], value=-1 / y.size(-1)).mul_(scale * gain.to(y.dtype)[:, None])
+        return dx, None, None, None, c.flatten(0, -2).sum(0, dtype=gain.dtype)
+
+
+class SquaredAct(torch.autograd.Function):
+    """squared_act keeping only the activation a: d/dh a^2 = 2 a act'(h) = 2 act(a), as a has h's sign."""
+
+    @staticmethod
+    def forward(ctx, h, slope):
+        a = F.relu(h) if slope is None else F.leaky_relu(h, slope)
+        ctx.save_for_backward(a)
+        ctx.slope = slope
+        return a.square()
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return torch.mul(g, a if ctx.slope is None else F.leaky_relu(a, ctx.slope)).mul_(2), None
+
+
+class HeadLoss(torch.autograd.Function):
+    """head_loss without an adapter, its fp32 work on the logits in blocks of ROWS rows that stay in cache and
+    the softcap as 2 cap sigmoid(2 z / cap) (= cap tanh(z / cap) + cap: the constant cancels in the softmax, and
+    sigmoid is much faster than tanh on CPU); the backward starts from the kept sigmoids."""
+    ROWS = 256
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, cap):
+        shape, x, t = targets.shape, x.flatten(0, -2), targets.flatten()
+        z = x @ weight.t()
+        acc = torch.promote_types(z.dtype, torch.float32)
+        nll, lse = (z.new_empty(len(t), dtype=acc) for _ in "nl")
+        kept = z.new_empty(z.shape, dtype=acc) if any(ctx.needs_input_grad) else None
+        for a in range(0, len(t), HeadLoss.ROWS):
+            rows = slice(a, a + HeadLoss.ROWS)
+            u = z[rows].to(acc) if kept is None else kept[rows].copy_(z[rows])
+            s = torch.sigmoid_(u.mul_(2 / cap)) * (2 * cap) if cap else u
+            torch.sub(torch.logsumexp(s, 1, out=lse[rows]), s.gather(1, t[rows, None])[:, 0], out=nll[rows])
+        ctx.save_for_backward(x, weight, t, kept, lse)
+        ctx.cap, ctx.shape = cap, shape
+        return nll.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x, weight, t, kept, lse), g, cap = ctx.saved_tensors, g.reshape(-1, 1), ctx.cap
+        dz = x.new_empty(kept.shape)
+        for a in range(0, len(t), HeadLoss.ROWS):
+            rows, u = slice(a, a + HeadLoss.ROWS), kept[a:a + HeadLoss.ROWS]
+            p = torch.add(-lse[rows, None], u, alpha=2 * cap if cap else 1).exp_()  # the softmax
+            p.scatter_add_(1, t[rows, None], p.new_full((len(p), 1), -1.0))
+            if cap:  # d/dz 2 cap sigmoid(2 z / cap) = 4 sigmoid (1 - sigmoid)
+                p.mul_(torch.addcmul(u, u, u, value=-1))
+            torch.mul(p, g[rows] * 4 if cap else g[rows], out=dz[rows])
+        return (dz @ weight).view(*ctx.shape, -1), dz.t() @ x, None, None
 
 
 def _sdpa(q, k, v):
@@ -755,31 +888,58 @@ def _sdpa(q, k, v):
 
 
 class MatmulAttention(torch.autograd.Function):
-    """Causal GQA attention over (B, T, heads, head_dim) like `_sdpa`, as two batched matmuls around a softmax:
-    the query heads of a kv head are stacked along time (no k/v repeat), and the backward recomputes the
-    probabilities rather than keeping a T x T matrix per layer. Faster than SDPA's CPU kernel in bf16."""
+    """Causal GQA attention like `_sdpa`, whose forward it uses (fast on CPU), with a backward of batched matmuls
+    around the softmax (SDPA's CPU backward is slow in bf16) that recomputes the probabilities rather than keeping a
+    T x T matrix: per block of queries (sized so that its scores stay in cache), against only the keys they see
+    (about half the T x T work for many blocks), with the query heads of a kv head stacked along time (no k/v
+    repeat)."""
+    SCORES = 1 << 21  # score elements per block
 
     @staticmethod
-    def probabilities(qh, kh, tq):
-        tk = kh.size(1)
-        blocked = torch.ones(tq, tk, dtype=torch.bool, device=qh.device).triu_(tk - tq + 1)
-        bias = qh.new_zeros(tq, tk).masked_fill_(blocked, -math.inf).repeat(qh.size(1) // tq, 1)
-        return torch.softmax(torch.baddbmm(bias, qh, kh.transpose(1, 2), alpha=qh.size(2) ** -0.5), -1)
+    def blocks(qh, kh, tq):
+        """(query slice, its queries with heads stacked along time, the keys they see, probabilities) per block."""
+        rows = max(1, MatmulAttention.SCORES // (qh.size(0) * qh.size(1) * kh.size(1)))
+        for a in range(0, tq, rows):
+            b = min(a + rows, tq)
+            qb, kb = qh[:, :, a:b].reshape(qh.size(0), -1, qh.size(3)), kh[:, :kh.size(1) - tq + b]
+            blocked = torch.ones(b - a, kb.size(1), dtype=torch.bool, device=qh.device).triu_(kb.size(1) - b + a + 1)
+            bias = qh.new_zeros(blocked.shape).masked_fill_(blocked, -math.inf).repeat(qh.size(1), 1)
+            yield slice(a, b), qb, kb, torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2), alpha=qh.size(3) ** -0.5), -1)
 
     @staticmethod
     def forward(ctx, q, k, v):
-        (B, tq, H, D), kv = q.shape, k.size(2)
-        qh, kh, vh = (t.transpose(1, 2).reshape(B * kv, -1, D) for t in (q, k, v))
-        ctx.save_for_backward(qh, kh, vh)
-        return (MatmulAttention.probabilities(qh, kh, tq) @ vh).view(B, H, tq, D).transpose(1, 2)
+        ctx.save_for_backward(q, k, v)
+        return _sdpa(q, k, v)
 
     @staticmethod
     def backward(ctx, grad):
-        (qh, kh, vh), (B, tq, H, D) = ctx.saved_tensors, grad.shape
-        p, gh = MatmulAttention.probabilities(qh, kh, tq), grad.transpose(1, 2).reshape(qh.shape)
-        ds = torch._softmax_backward_data(gh @ vh.transpose(1, 2), p, -1, p.dtype).mul_(D ** -0.5)
-        dk, dv = (t.view(B, -1, kh.size(1), D).transpose(1, 2) for t in (ds.transpose(1, 2) @ qh, p.transpose(1, 2) @ gh))
-        return (ds @ kh).view(B, H, tq, D).transpose(1, 2), dk, dv
+        (q, k, v), (B, tq, H, D) = ctx.saved_tensors, grad.shape
+        kv = k.size(2)
+        qh = q.transpose(1, 2).reshape(B * kv, H // kv, tq, D)
+        kh, vh = (t.transpose(1, 2).reshape(B * kv, -1, D) for t in (k, v))
+        gh, dq, dk, dv = grad.transpose(1, 2).reshape(qh.shape), torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+        for rows, qb, kb, p in MatmulAttention.blocks(qh, kh, tq):
+            gb, n = gh[:, :, rows].reshape(qb.shape), kb.size(1)
+            ds = torch._softmax_backward_data(gb @ vh[:, :n].transpose(1, 2), p, -1, p.dtype)  # / sqrt(D) below
+            dq[:, :, rows] = torch.baddbmm(qb, ds, kb, beta=0, alpha=D ** -0.5).view(dq[:, :, rows].shape)
+            dk[:, :n].baddbmm_(ds.transpose(1, 2), qb, alpha=D ** -0.5)
+            dv[:, :n].baddbmm_(p.transpose(1, 2), gb)
+        dk, dv = (t.view(B, -1, k.size(1), D).transpose(1, 2) for t in (dk, dv))
+        return dq.view(B, H, tq, D).transpose(1, 2), dk, dv
+
+
+class Kernels(NamedTuple):
+    """The model's hot functions: causal attention(q, k, v) over (B, T, heads, head_dim), rms_norm, norm_rotary,
+    squared_act and head_loss: the reference ones (autograd through PyTorch's ops) or FUSED_KERNELS' (same maths)."""
+    attention: Callable
+    rms_norm: Callable = rms_norm
+    norm_rotary: Callable = norm_rotary
+    squared_act: Callable = squared_act
+    head_loss: Callable = head_loss
+
+
+def fused_kernels(attention) -> Kernels:
+    return Kernels(attention, RMSNorm.apply, NormRotary.apply, SquaredAct.apply, HeadLoss.apply)
 
 
 def select_attention(requested: str, device: torch.device, bf16: bool = True):
@@ -808,11 +968,11 @@ class CausalSelfAttention(nn.Module):
     XSA (each head's output loses its component along its own token's value) and a sparse output gate
     per head, sigmoid(scale * W_h . x[:GATE_WINDOW]), W zero-initialised (0.5 at init)."""
 
-    def __init__(self, cfg: Config, attention, layer: int):
+    def __init__(self, cfg: Config, kernels: Kernels, layer: int):
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.num_heads, self.num_kv_heads, self.kernels = cfg.num_heads, cfg.num_kv_heads, kernels
         self.head_dim = cfg.model_dim // cfg.num_heads
-        kv_dim = self.num_kv_heads * self.head_dim
+        self.rope_half, kv_dim = (cfg.rope_dims or self.head_dim) // 2, self.num_kv_heads * self.head_dim
         self.q = QATLinear(cfg.model_dim, cfg.model_dim)
         self.k = QATLinear(cfg.model_dim, kv_dim)
         self.v = QATLinear(cfg.model_dim, kv_dim)
@@ -821,18 +981,17 @@ class CausalSelfAttention(nn.Module):
         self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
         self.gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.sparse_attn_gate_enabled else None
         self.gate_scale = cfg.sparse_attn_gate_scale
-        self.attention = attention
 
     def forward(self, x: torch.Tensor, rotary: tuple, first: int = 0) -> torch.Tensor:
         """Outputs for positions first.. (queries from those only; keys and values from all)."""
-        B, T, _ = x.shape
+        (B, T, _), kn, (cos, sin) = x.shape, self.kernels, rotary
         xq = suffix(x, first)
-        q = rms_norm(self.q(xq).view(B, T - first, self.num_heads, self.head_dim))
-        k = rms_norm(self.k(x).view(B, T, self.num_kv_heads, self.head_dim))
-        v = self.v(x).view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(q, suffix(rotary[0], first), suffix(rotary[1], first)) * self.q_gain.to(q.dtype)[:, None]
-        k = apply_rotary(k, *rotary)
-        y = self.attention(q.to(v.dtype), k.to(v.dtype), v)
+        q = kn.norm_rotary(self.q(xq).view(B, T - first, self.num_heads, self.head_dim), suffix(cos, first),
+                           suffix(sin, first), self.rope_half, self.q_gain)
+        kv = self.num_kv_heads
+        k = kn.norm_rotary(self.k(x).view(B, T, kv, self.head_dim), cos[:, :, :kv], sin[:, :, :kv], self.rope_half, None)
+        v = self.v(x).view(B, T, kv, self.head_dim)
+        y = kn.attention(q.to(v.dtype), k.to(v.dtype), v)
         if self.xsa:  # query head h reads kv head h // (heads per kv head), as GQA attention does
             v_hat = F.normalize(suffix(v, first), dim=-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
             y = y - (y * v_hat).sum(-1, keepdim=True) * v_hat
@@ -844,33 +1003,32 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """relu^2, or leaky_relu(slope)^2."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, kernels: Kernels):
         super().__init__()
-        hidden = int(cfg.mlp_mult * cfg.model_dim)
+        hidden, self.act = int(cfg.mlp_mult * cfg.model_dim), kernels.squared_act
         self.fc = QATLinear(cfg.model_dim, hidden)
         self.proj = QATLinear(hidden, cfg.model_dim)
         self.slope, self.lora = cfg.mlp_leaky_slope if cfg.mlp_act == "leaky_relu2" else None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
-        return self.proj((F.relu(h) if self.slope is None else F.leaky_relu(h, self.slope)).square()) + lora_delta(x, self.lora)
+        return self.proj(self.act(self.fc(x), self.slope)) + lora_delta(x, self.lora)
 
 
 class Block(nn.Module):
     """Pre-norm block with learned attention/MLP output scales and a learned mix of the residual
     stream with the block-0 input x0; LN_SCALE multiplies the normed inputs by 1/sqrt(layer + 1)."""
 
-    def __init__(self, cfg: Config, attention, layer: int):
+    def __init__(self, cfg: Config, kernels: Kernels, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg, attention, layer)
-        self.mlp = MLP(cfg)
+        self.attn, self.rms_norm = CausalSelfAttention(cfg, kernels, layer), kernels.rms_norm
+        self.mlp = MLP(cfg, kernels)
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim)]))
         self.ln_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x) * self.ln_scale if self.ln_scale != 1.0 else rms_norm(x)
+        return self.rms_norm(x) * self.ln_scale if self.ln_scale != 1.0 else self.rms_norm(x)
 
     def mix(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return self.resid_mix[0].to(x.dtype) * x + self.resid_mix[1].to(x.dtype) * x0
@@ -949,18 +1107,19 @@ class GPT(nn.Module):
     """Tied-embedding GPT. `forward(idx, targets)` returns per-token NLL (nats): the training loss is
     its mean and evaluation sums it, so both share one body. `looping` turns depth recurrence on."""
 
-    def __init__(self, cfg: Config, attention=_sdpa):
+    def __init__(self, cfg: Config, kernels: Kernels | None = None):
         super().__init__()
         self.cfg, self.softcap, self.looping, self.head_hook, self.lora = cfg, cfg.logit_softcap, False, None, None
+        self.kernels = kernels = kernels or Kernels(_sdpa)
         head_dim = cfg.model_dim // cfg.num_heads
-        self.rope = (cfg.rope_dims or head_dim, cfg.rope_base, cfg.train_seq_len)
+        self.rope = (head_dim, cfg.rope_dims or head_dim, cfg.rope_base, cfg.train_seq_len)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         self.bigram = BigramHash(cfg) if cfg.bigram_vocab_size else None
         self.smear = SmearGate(cfg.model_dim) if cfg.smear_gate else None
         if cfg.smear_gate_enabled:
             self.smear_weight = nn.Parameter(torch.zeros(1, cfg.gate_window))
             self.smear_lambda = nn.Parameter(torch.zeros(1))
-        self.blocks = nn.ModuleList(Block(cfg, attention, i) for i in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg, kernels, i) for i in range(cfg.num_layers))
         self.num_skips = num_skips = min(map(len, layer_order(cfg, looping=True)))
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
         self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim)) if num_skips and cfg.skip_gates_enabled else None
@@ -996,11 +1155,12 @@ class GPT(nn.Module):
             x = narrow_smear(x, idx, self.smear_weight, self.smear_lambda)
         if self.bigram is not None:
             x = x + self.bigram(idx, prev, has_prev).to(x.dtype)
-        x = rms_norm(x)
+        x = self.kernels.rms_norm(x)
         if self.smear is not None:
             x = self.smear(x, has_prev)
         x0, skips, lanes = x, [], None
-        rotary = tuple(t.to(x.dtype) for t in rotary_tables(idx.size(1), *self.rope, idx.device))  # angles in fp32
+        rotary = tuple(t.to(x.dtype).contiguous() for t in rotary_tables(idx.size(1), *self.rope, idx.device,
+                                                                          self.cfg.num_heads))  # angles in fp32
         encoder, decoder = layer_order(self.cfg, self.looping)
         for i in encoder:
             x = self.blocks[i](x, x0, rotary)
@@ -1018,11 +1178,12 @@ class GPT(nn.Module):
                 lanes = self.blocks[i].parallel(lanes or (x, x), x0, rotary, self.parallel_resid[i], self.parallel_post[i], f)
         if lanes is not None:
             x = {"mean": (lanes[0] + lanes[1]) / 2, "attn": lanes[0], "mlp": lanes[1]}[self.cfg.parallel_final_lane]
-        targets, x = targets[:, first:], rms_norm(x)
+        targets, x = targets[:, first:], self.kernels.rms_norm(x)
         if self.head_hook:  # GPTQ calibration of the tied embedding reads the head's input
             self.head_hook(x)
-        logits = softcap(F.linear(x, self.tok_emb.weight) + lora_delta(x, self.lora), self.softcap)  # compute dtype
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+        if self.lora is not None:  # TTT's head adapter: the reference head
+            return head_loss(x, self.tok_emb.weight, targets, self.softcap, self.lora)
+        return self.kernels.head_loss(x, self.tok_emb.weight.to(x.dtype), targets, self.softcap)
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
@@ -1061,26 +1222,27 @@ NS_POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
 
 
 def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple = NS_STANDARD) -> torch.Tensor:
-    """Approximate the orthogonal polar factor of g with quintic Newton-Schulz iterations in bf16:
-    X <- aX + (bA + cA^2)X, A = XX^T; iteration i uses coefficients[i] (the last one repeats)."""
+    """Approximate the orthogonal polar factor of g (a matrix, or a stack of them) with quintic Newton-Schulz
+    iterations in bf16: X <- aX + (bA + cA^2)X, A = XX^T; iteration i uses coefficients[i] (the last repeats)."""
     x = g.bfloat16()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
     for i in range(steps):
         a, b, c = coefficients[min(i, len(coefficients) - 1)]
-        s = x @ x.T
+        s = x @ x.mT
         x = a * x + (b * s + c * s @ s) @ x
-    return x.T if tall else x
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
     """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum
     buffers (cheap, and checkpoints stay rank-independent). Each matrix is orthogonalised by one rank
-    (shares balanced by size, largest first), which writes it into its slot of a persistent buffer;
-    one all-gather gives every rank every update: each rank sends only what it computed. With
-    `row_normalize` (MuonEq-R) each row of the Nesterov update is scaled to unit norm first."""
+    (shares balanced by size, largest first; a rank's matrices of one shape in one batch), which writes it
+    into its slot of a persistent buffer; one all-gather gives every rank every update: each rank sends
+    only what it computed. With `row_normalize` (MuonEq-R) each row of the Nesterov update is scaled to
+    unit norm first."""
 
     def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime,
                  orthogonalise=newton_schulz, coefficients: tuple = NS_STANDARD, row_normalize: bool = False):
@@ -1109,13 +1271,17 @@ class Muon(torch.optim.Optimizer):
         bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
         torch._foreach_mul_(bufs, mu)
         torch._foreach_add_(bufs, [p.grad for p in params])
-        for p, buf, (owner, at) in zip(params, bufs, self.slots):
+        mine = {}
+        for i, (owner, _) in enumerate(self.slots):
             if owner == self.rt.rank:
-                g = p.grad.add(buf, alpha=mu)  # Nesterov
-                if self.row_normalize:
-                    g = g / g.float().norm(dim=1, keepdim=True).clamp_min(1e-7)
-                u = self.orthogonalise(g, group["steps"], self.coefficients) * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                self.local[at:at + p.numel()] = u.flatten()
+                mine.setdefault(params[i].shape, []).append(i)
+        for (rows, cols), idx in mine.items():
+            g = torch.stack([params[i].grad.add(bufs[i], alpha=mu) for i in idx])  # Nesterov
+            if self.row_normalize:
+                g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
+            u = self.orthogonalise(g, group["steps"], self.coefficients) * max(1.0, rows / cols) ** 0.5
+            for i, ui in zip(idx, u):
+                self.local[self.slots[i][1]:self.slots[i][1] + ui.numel()] = ui.flatten()
         if self.rt.world_size > 1:  # all_gather_single: the name of this collective from torch 2.12 on
             (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(self.gathered, self.local)
         torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
@@ -1739,9 +1905,9 @@ def packed_code_bytes(code: bytes) -> int:
     return len(base64.b85encode(lzma.compress(code, format=lzma.FORMAT_ALONE, preset=9 | lzma.PRESET_EXTREME))) + 160
 
 
-def counted_code_bytes(cfg: Config, code: bytes) -> int:
+def counted_code_bytes(cfg: Config, code: tuple) -> int:
     """Code bytes counted against the cap: the script itself, or its packed form (CODE_BYTES=packed)."""
-    return packed_code_bytes(code) if cfg.code_bytes == "packed" else len(code)
+    return code[2] if cfg.code_bytes == "packed" else len(code[0])
 
 
 def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
@@ -1780,11 +1946,11 @@ def cap_ladder(cfg: Config):
 
 
 def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
-                    code: bytes, score: dict) -> bytes:
+                    code_bytes: int, score: dict) -> bytes:
     """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on
     sizes. With FIT_TO_CAP, while code + artifact is over the cap, step down the ladder, logging each
     step's bytes and its cost in plain-eval bpb; the trained weights are restored afterwards."""
-    state, code_bytes = {k: v.detach().clone() for k, v in model.state_dict().items()}, counted_code_bytes(cfg, code)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def build(c: Config) -> tuple:
         t0 = time.perf_counter()
@@ -2147,11 +2313,18 @@ def compile_stats(key: str) -> dict:
     return counters[key]
 
 
-def build_model(cfg: Config, rt: Runtime, attention) -> tuple[GPT, nn.Module]:
+def select_kernels(cfg: Config, device: torch.device, bf16: bool) -> tuple[str, Kernels]:
+    """(their names for the log, the model's kernels): ATTN_BACKEND's attention; FUSED_KERNELS (auto: on CPU in bf16)."""
+    name, attention = select_attention(cfg.attn_backend, device, bf16)
+    fused = cfg.fused_kernels == "1" or (cfg.fused_kernels == "auto" and device.type == "cpu" and bf16)
+    return f"{name} kernels:{'fused' if fused else 'reference'}", (fused_kernels if fused else Kernels)(attention)
+
+
+def build_model(cfg: Config, rt: Runtime, kernels: Kernels) -> tuple[GPT, nn.Module]:
     """The model on the device and the callable used for training/eval (compiled when on: one graph per
     shape and switch state, so looping, QAT and the evaluation shapes each compile once)."""
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg, attention).to(rt.device)
+    model = GPT(cfg, kernels).to(rt.device)
     if cfg.compile != "1":
         return model, model
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -2230,12 +2403,12 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
         f"budget:{cfg.eval_budget_seconds:g}s" + (" (over)" if total_s > cfg.eval_budget_seconds else ""))
     if not val.full:
         log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
-    artifact_bytes, code_counted = os.path.getsize(cfg.artifact_path), counted_code_bytes(cfg, code[0])
+    artifact_bytes, code_counted = os.path.getsize(cfg.artifact_path), counted_code_bytes(cfg, code)
     total = artifact_bytes + code_counted
     over = total > SIZE_CAP_BYTES
     log(f"final_size artifact_bytes:{artifact_bytes} code_bytes:{code_counted} total_bytes:{total} "
         f"cap:{SIZE_CAP_BYTES} status:{'OVER_CAP' if over else 'ok'} code_raw:{len(code[0])} "
-        f"code_packed:{packed_code_bytes(code[0])} counted:{cfg.code_bytes}")
+        f"code_packed:{code[2]} counted:{cfg.code_bytes}")
     log(f"Total submission size: {total} bytes")
     if over:
         log(f"error: total {total} bytes is {total - SIZE_CAP_BYTES} over the {SIZE_CAP_BYTES}-byte cap")
@@ -2349,11 +2522,11 @@ def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
 
 def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
     code, user_settings = Path(__file__).read_bytes(), non_default_settings(cfg)
-    code = (code, hashlib.sha256(code).hexdigest())
+    code = (code, hashlib.sha256(code).hexdigest(), packed_code_bytes(code))  # lzma's 66 MB before the model's
     if cfg.dry_run:
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         log_header(lambda msg="", console=True: print(msg), cfg, None, "dry_run", code, "n/a", warnings)
-        print(f"attention:{select_attention(cfg.attn_backend, device, cfg.cpu_dtype == 'bf16')[0]} on {device.type}")
+        print(f"attention:{select_kernels(cfg, device, device.type == 'cuda' or cfg.cpu_dtype == 'bf16')[0]} on {device.type}")
         train_bytes, eval_bytes, params = memory_estimate(cfg)
         print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
         print(f"model_params:{params}")
@@ -2373,10 +2546,11 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     cfg.run_id = broadcast_str(rt, cfg.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6])
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
-    attention_name, attention = select_attention(cfg.attn_backend, rt.device, rt.autocast_dtype is not None)
+    attention_name, kernels = select_kernels(cfg, rt.device, rt.autocast_dtype is not None)
+    cfg.fused_kernels = "1" if kernels.rms_norm == RMSNorm.apply else "0"
     val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
     audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
-    model, run_model = build_model(cfg, rt, attention)
+    model, run_model = build_model(cfg, rt, kernels)
     artifact_load_s = 0.0
     resume = load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
     if cfg.eval_only:  # the whole artifact is checked before anything is written
@@ -2396,7 +2570,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     params = sum(p.numel() for p in model.parameters())
     log(f"model_params:{params} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
     if not cfg.eval_only:
-        forecast, code_counted = forecast_artifact_bytes(model, cfg), counted_code_bytes(cfg, code[0])
+        forecast, code_counted = forecast_artifact_bytes(model, cfg), counted_code_bytes(cfg, code)
         log(f"size_forecast: artifact {forecast} + code {code_counted} ({cfg.code_bytes}) = {forecast + code_counted} "
             f"bytes, cap {SIZE_CAP_BYTES}" + ("" if forecast + code_counted <= SIZE_CAP_BYTES else
             f"; warning: {forecast + code_counted - SIZE_CAP_BYTES} bytes over: " + (
@@ -2439,7 +2613,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
         summary.update(steps=figures["steps"], step_avg_ms=figures["train_time_ms"] / max(figures["steps"], 1),
                        train_time_s=figures["train_time_ms"] / 1000, stop_reason=figures["stop_reason"],
                        prequant_val_loss=pre_loss, prequant_val_bpb=pre_bpb, total_eval_time_s=pre_time)
-        blob, error = export_artifact(cfg, rt, log, model, run_model, val, hessians, code[0],
+        blob, error = export_artifact(cfg, rt, log, model, run_model, val, hessians, counted_code_bytes(cfg, code),
                                       {k: getattr(cfg, k) for k in SCORE_FIELDS}), None
         if rt.is_main:
             try:

@@ -81,5 +81,5 @@ def test_dry_run_validates_and_prints_without_touching_data(capsys, monkeypatch,
     out = capsys.readouterr().out
     assert "train_gpt run_id: mode:dry_run recipe:classic" in out and "  NUM_LAYERS=12" in out
     assert out.strip().endswith(f"model_params:{sum(p.numel() for p in tg.GPT(tg.Config()).parameters())}")
-    assert "memory_estimate train:" in out and "attention:matmul on cpu" in out
+    assert "memory_estimate train:" in out and "attention:matmul kernels:fused on cpu" in out
     assert list(tmp_path.iterdir()) == []

@@ -80,20 +80,20 @@ def test_xsa_output_is_orthogonal_to_its_own_normalised_value():
     torch.manual_seed(0)
     for xsa in (1, 0):
         cfg = frontier(num_layers=1, xsa_last_n=xsa, sparse_attn_gate_enabled=False)
-        attn = tg.CausalSelfAttention(cfg, tg._sdpa, 0)
+        attn = tg.CausalSelfAttention(cfg, tg.Kernels(tg._sdpa), 0)
         with torch.no_grad():
             attn.proj.weight.copy_(torch.eye(32))  # the output is then the per-head attention output itself
         x = torch.randn(2, 16, 32)
-        y = attn(x, tg.rotary_tables(16, 4, 10000.0, 16, "cpu")).view(2, 16, 4, 8)
+        y = attn(x, tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)).view(2, 16, 4, 8)
         v = F.normalize(F.linear(x, attn.v.weight).view(2, 16, 2, 8), dim=-1)
         dots = torch.einsum("bthd,bthd->bth", y, v[:, :, [0, 0, 1, 1]])  # q heads 0,1 read kv head 0; 2,3 read 1
         assert (dots.abs().max() < 1e-5) == bool(xsa)
 
 
 def test_partial_rope_leaves_the_other_dims_position_independent():
-    cos, sin = tg.rotary_tables(10, 4, 10000.0, 10, "cpu")
+    cos, sin = tg.rotary_tables(10, 16, 4, 10000.0, 10, "cpu", 2)
     x = torch.randn(1, 1, 2, 16).expand(1, 10, 2, 16)  # the same vector at every position
-    out = tg.apply_rotary(x, cos, sin)
+    out = tg.apply_rotary(x, cos, sin, 2)
     assert torch.equal(out[..., 4:], x[..., 4:])  # dims 4.. carry no position
     assert not torch.allclose(out[:, 1, :, :4], out[:, 0, :, :4])
     # the rotated dims: a rotation of (dims 0,1) against (dims 2,3) by position * 10000^(-2f/4)
@@ -155,9 +155,9 @@ def test_zero_initialised_gates_at_init():
     s = torch.randn(2, 16, 32)
     assert torch.allclose(model.skip(0, x, s), 0.5 * x + 0.5 * model.skip_weights[0] * s, atol=1e-6)
     gated = model.blocks[0].attn
-    plain = tg.CausalSelfAttention(frontier(sparse_attn_gate_enabled=False), tg._sdpa, 0)
+    plain = tg.CausalSelfAttention(frontier(sparse_attn_gate_enabled=False), tg.Kernels(tg._sdpa), 0)
     plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
-    rotary = tg.rotary_tables(16, 4, 10000.0, 16, "cpu")
+    rotary = tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)
     with torch.no_grad():
         gated.proj.weight.copy_(torch.eye(32))
         plain.proj.weight.copy_(torch.eye(32))
@@ -198,7 +198,7 @@ def test_ln_scale_mlp_activation_and_parallel_lanes_follow_their_formulas():
     assert block.ln_scale == 0.5 and torch.allclose(block.norm(x), F.rms_norm(x, (32,)) / 2)
     mlp = block.mlp
     assert torch.allclose(mlp(x), F.linear(F.leaky_relu(F.linear(x, mlp.fc.weight), 0.5) ** 2, mlp.proj.weight))
-    rotary = tg.rotary_tables(16, 4, 10000.0, 16, "cpu")
+    rotary = tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)
     l0, l1 = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
     resid, post = model.parallel_resid[3], model.parallel_post[3]
     a = block.attn_scale * block.attn(block.norm(block.resid_mix[0] * l0 + block.resid_mix[1] * x0), rotary)

@@ -1,7 +1,9 @@
-"""Model: parameter counts, document boundaries, causality, RoPE scaling, optimiser split."""
+"""Model: parameter counts, document boundaries, causality, attention, RoPE scaling, optimiser split."""
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 import train_gpt as tg
 
@@ -88,9 +90,13 @@ def attention_inputs(tq, tk=12, dtype=torch.float64):
     return [torch.randn(2, t, h, 8, dtype=dtype, requires_grad=True) for t, h in ((tq, 4), (tk, 2), (tk, 2))]
 
 
-def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries():
+@pytest.mark.parametrize("rows", [None, 4, 5])
+def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries(monkeypatch, rows):
     """Outputs and all three gradients against PyTorch's SDPA in fp64, for full-length queries and for
-    the last positions only (sliding evaluation), plus a numerical gradient check of the hand-written backward."""
+    the last positions only (sliding evaluation), plus a numerical gradient check of the hand-written backward;
+    the backward in one block of queries and in several (whole and ragged), each against only the keys it sees."""
+    if rows:  # the block size follows SCORES / (batch * kv heads * heads per kv head * keys) = SCORES / 96 here
+        monkeypatch.setattr(tg.MatmulAttention, "SCORES", rows * 2 * 2 * 2 * 12)
     for tq in (12, 5):
         q, k, v = attention_inputs(tq)
         assert torch.autograd.gradcheck(tg.MatmulAttention.apply, (q, k, v))
@@ -99,6 +105,9 @@ def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries():
         g = torch.randn_like(ref)
         for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
             assert torch.allclose(a, b, atol=1e-12)
+    q, k, _ = attention_inputs(12)
+    blocks = [b[0] for b in tg.MatmulAttention.blocks(q.transpose(1, 2).reshape(4, 2, 12, 8), k.transpose(1, 2).reshape(4, 12, 8), 12)]
+    assert blocks == ([slice(0, 12)] if rows is None else [slice(a, min(a + rows, 12)) for a in range(0, 12, rows)])
 
 
 def test_matmul_attention_keeps_no_score_matrix_for_the_backward():
@@ -126,11 +135,11 @@ def test_untrained_model_loss_is_near_uniform():
 
 
 def test_rope_uses_ntk_scaling_only_beyond_the_training_length():
-    cos_train, _ = tg.rotary_tables(16, 8, 10000.0, 16, "cpu")
-    cos_long, _ = tg.rotary_tables(32, 8, 10000.0, 16, "cpu")
-    cos_ref, _ = tg.rotary_tables(32, 8, 10000.0 * 2 ** (8 / 6), 64, "cpu")
+    cos_train, _ = tg.rotary_tables(16, 8, 8, 10000.0, 16, "cpu")
+    cos_long, _ = tg.rotary_tables(32, 8, 8, 10000.0, 16, "cpu")
+    cos_ref, _ = tg.rotary_tables(32, 8, 8, 10000.0 * 2 ** (8 / 6), 64, "cpu")
     assert torch.allclose(cos_long, cos_ref) and not torch.allclose(cos_long[:, :16], cos_train)
-    assert torch.allclose(tg.rotary_tables(8, 8, 10000.0, 16, "cpu")[0], cos_train[:, :8])
+    assert torch.allclose(tg.rotary_tables(8, 8, 8, 10000.0, 16, "cpu")[0], cos_train[:, :8])
 
 
 def test_output_projections_are_scaled_orthogonal():
