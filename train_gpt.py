@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
-"""Parameter-golf trainer: a GQA transformer with SmearGate, BigramHash and U-Net skips,
-trained with Muon + AdamW + SWA, exported as an int5/int6 zstd-22 artifact and scored with
-sliding-window bits per byte on the FineWeb validation split.
+"""Parameter-golf trainer: a GQA transformer with SmearGate, BigramHash and U-Net skips, trained with Muon + AdamW +
+SWA, exported as an int5/int6 zstd-22 artifact, scored by sliding-window bits per byte on the FineWeb validation split.
 
-Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (or `python3 train_gpt.py`).
-Every setting is an environment variable (the upper-case name of a `Config` field).
-Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes.
+Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (or `python3 train_gpt.py`). Every setting is an
+environment variable (the upper-case name of a `Config` field). Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes.
 """
 from __future__ import annotations
 
@@ -40,9 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 # ================================ configuration ================================
 
-SIZE_CAP_BYTES = 16_000_000
+SIZE_CAP_BYTES, INF = 16_000_000, math.inf
 BOS_ID, EOS_ID = 1, 2  # challenge data format: every document starts with BOS (id 1); tokenizer eos is 2
-INF = math.inf
 
 
 def S(default, allowed: str):
@@ -203,12 +200,9 @@ SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_token
                 "ttt_v_lora", "ttt_o_lora", "ttt_mlp_lora", "ttt_head_lora", "phased_ttt_num_phases",
                 "phased_ttt_prefix_docs", "global_ttt_lr", "global_ttt_momentum", "global_ttt_chunk_tokens",
                 "global_ttt_grad_clip", "seed")
-# Recipes: tables of defaults, applied before the environment. `classic` is the design card's recipe
-# (the published 12-layer int5-MLP configuration, the field defaults above); `frontier` is the
-# 1.0611 bpb record's configuration (FRONTIER.md) as it ran, where this script implements it.
-RECIPES = {
-    "classic": {},
-    "frontier": dict(
+# Recipes: tables of defaults applied before the environment: `classic`, the design card's (the published 12-layer
+# int5-MLP one: the field defaults); `frontier`, the 1.0611 bpb record's (FRONTIER.md) as it ran, where implemented.
+RECIPES = {"classic": {}, "frontier": dict(
         data_path="./data/datasets/fineweb10B_sp8192", tokenizer_path="./data/tokenizers/fineweb_8192_bpe.model",
         vocab_size=8192, num_layers=11, mlp_mult=4.0, train_seq_len=2048, train_batch_tokens=786_432, val_loss_every=0,
         qk_gain_init=5.0, bigram_vocab_size=0, smear_gate=False, xsa_last_n=11, rope_dims=16, ln_scale=True,
@@ -218,8 +212,7 @@ RECIPES = {
         muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
         ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7, quant_method="gptq",
         quant_clip="sdclip", gptq_reserve_seconds=5.0, lqer_top_k=3, compressor="ans", code_bytes="packed",
-        eval_mode="ttt", phased_ttt_num_phases=3),
-}
+        eval_mode="ttt", phased_ttt_num_phases=3)}
 # Names other public scripts use, with what this one reads instead (warned about, never silently ignored).
 FOREIGN_NAMES = {"WEIGHT_DECAY": "use MUON_WD, ADAM_WD and EMBED_WD", "SWA_ENABLED": "use SWA_EVERY (0 = off)",
                  "TIE_EMBEDDINGS": "the embedding is always tied", "EMBED_LR": "use TIED_EMBED_LR",
@@ -227,8 +220,7 @@ FOREIGN_NAMES = {"WEIGHT_DECAY": "use MUON_WD, ADAM_WD and EMBED_WD", "SWA_ENABL
                  "MATRIX_BITS": "use QUANT_BITS_MLP and QUANT_BITS_ATTN", "TTT_ENABLED": "use EVAL_MODE=ttt",
                  "LQER_ENABLED": "use LQER_TOP_K (0 = off)", "VAL_BATCH_SIZE": "use EVAL_BATCH_SEQS",
                  "MUON_WEIGHT_DECAY": "use MUON_WD", "QAT_ENABLED": "use QAT_FRAC", "NUM_ITERATIONS": "use ITERATIONS"}
-ENV_NAMES = {f.name.upper(): f for f in fields(Config)}
-DEFAULTS = Config()
+ENV_NAMES, DEFAULTS = {f.name.upper(): f for f in fields(Config)}, Config()
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -251,11 +243,9 @@ def parse_setting(kind: str, raw: str):
         raise ValueError(f"not a number: give a {'whole number' if kind == 'int' else 'number'}") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
-    if kind == "int":
-        if value != int(value):
-            raise ValueError("not a whole number")
-        return int(value)
-    return value
+    if kind == "int" and value != int(value):
+        raise ValueError("not a whole number")
+    return int(value) if kind == "int" else value
 
 
 def allowed_problem(name: str, value, allowed: str) -> str | None:
@@ -263,9 +253,8 @@ def allowed_problem(name: str, value, allowed: str) -> str | None:
     if allowed[0] in "[(":
         lo_side, lo, hi, hi_side = re.fullmatch(r"([\[(])(.+), (.+)([\])])", allowed).groups()
         lo, hi = float(lo), float(hi)
-        if (lo < value if lo_side == "(" else lo <= value) and (value < hi if hi_side == ")" else value <= hi):
-            return None
-        return f"{name}={value} is out of range: use a value in {allowed}"
+        ok = (lo < value if lo_side == "(" else lo <= value) and (value < hi if hi_side == ")" else value <= hi)
+        return None if ok else f"{name}={value} is out of range: use a value in {allowed}"
     if "|" in allowed and allowed != "N|Ns" and not isinstance(value, bool) and str(value) not in allowed.split("|"):
         return f"{name}={value!r} is not allowed: use one of {', '.join(allowed.split('|'))}"
     if allowed == "name" and value and not RUN_ID_PATTERN.fullmatch(value):
@@ -280,8 +269,7 @@ def recipe_defaults(recipe: str) -> Config:
 
 def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
     """Parse every setting from the environment over the defaults of RECIPE. Returns the config and warnings."""
-    recipe = environ.get("RECIPE", "classic").strip()
-    if recipe not in RECIPES:
+    if (recipe := environ.get("RECIPE", "classic").strip()) not in RECIPES:
         raise ConfigError(f"RECIPE={recipe!r} is not allowed: use one of {', '.join(RECIPES)}")
     values, problems = {}, []
     for name, f in ENV_NAMES.items():
@@ -294,28 +282,22 @@ def config_from_env(environ=os.environ) -> tuple[Config, list[str]]:
         raise ConfigError("\n".join(problems))
     warnings = [f"{name} is a setting of other scripts, not read here: {ours}" for name, ours in FOREIGN_NAMES.items()
                 if name in environ]
-    for name in sorted(environ):
-        if name not in ENV_NAMES and name.isupper() and name not in FOREIGN_NAMES:
-            match = difflib.get_close_matches(name, ENV_NAMES, n=1, cutoff=0.8)
-            if match:
-                warnings.append(f"{name} is not a setting and is ignored; did you mean {match[0]}?")
+    for name in sorted(n for n in environ if n not in ENV_NAMES and n.isupper() and n not in FOREIGN_NAMES):
+        if match := difflib.get_close_matches(name, ENV_NAMES, n=1, cutoff=0.8):
+            warnings.append(f"{name} is not a setting and is ignored; did you mean {match[0]}?")
     return replace(recipe_defaults(recipe), **values), warnings
 
 
 def validate_config(cfg: Config, world_size: int) -> None:
-    """Check every value against its allowed range, then shape consistency; raise one ConfigError
-    listing every problem."""
-    p = [msg for f in fields(Config) if (msg := allowed_problem(f.name.upper(), getattr(cfg, f.name),
-                                                                 f.metadata["allowed"]))]
-
+    """Check every value's allowed range, then shape consistency; raise one ConfigError listing every problem."""
     def need(ok, msg):
         if not ok:
             p.append(msg)
-
+    p = [msg for f in fields(Config) if (msg := allowed_problem(f.name.upper(), getattr(cfg, f.name),
+                                                                 f.metadata["allowed"]))]
     if p:  # shape rules below assume each value is in range
         raise ConfigError("\n".join(p))
-    need(cfg.model_dim % cfg.num_heads == 0,
-         f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
+    need(cfg.model_dim % cfg.num_heads == 0, f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
     need(cfg.num_heads % cfg.num_kv_heads == 0,
          f"NUM_HEADS={cfg.num_heads} is not a multiple of NUM_KV_HEADS={cfg.num_kv_heads}")
     need((cfg.model_dim // cfg.num_heads) % 2 == 0,
@@ -326,14 +308,13 @@ def validate_config(cfg: Config, world_size: int) -> None:
     need(cfg.train_batch_tokens % (cfg.micro_batches * cfg.train_seq_len) == 0,
          f"TRAIN_BATCH_TOKENS={cfg.train_batch_tokens} does not split into whole sequences: it must be a "
          f"multiple of MICRO_BATCHES*TRAIN_SEQ_LEN={cfg.micro_batches * cfg.train_seq_len}")
-    eval_len = cfg.eval_seq_len or cfg.train_seq_len
+    eval_len, head_dim = cfg.eval_seq_len or cfg.train_seq_len, cfg.model_dim // cfg.num_heads
     need(cfg.eval_mode != "ttt" or cfg.ttt_chunk_size <= eval_len,
          f"TTT_CHUNK_SIZE={cfg.ttt_chunk_size} is larger than the eval length {eval_len}: a chunk must fit a window")
     need(cfg.eval_stride <= eval_len, f"EVAL_STRIDE={cfg.eval_stride} is larger than the eval length {eval_len} "
                                       "(EVAL_SEQ_LEN, or TRAIN_SEQ_LEN when it is 0): use EVAL_STRIDE <= "
                                       f"{eval_len}, or {eval_len} for plain evaluation")
     need(cfg.bigram_vocab_size != 1, "BIGRAM_VOCAB_SIZE=1: use 0 (off) or >= 2")
-    head_dim = cfg.model_dim // cfg.num_heads
     need(cfg.rope_dims == 0 or (cfg.rope_dims % 2 == 0 and 4 <= cfg.rope_dims <= head_dim),
          f"ROPE_DIMS={cfg.rope_dims}: use 0 (every head dim) or an even number in [4, {head_dim}] (the head dim)")
     need(cfg.xsa_last_n <= cfg.num_layers, f"XSA_LAST_N={cfg.xsa_last_n} is more than NUM_LAYERS={cfg.num_layers}")
@@ -361,8 +342,7 @@ def validate_config(cfg: Config, world_size: int) -> None:
 
 
 def checkpoint_interval(cfg: Config):
-    """(count, unit) with unit 'steps' (a whole number) or 'seconds' (finite, > 0); (0, 'steps') when
-    off; None when malformed."""
+    """(count, unit): 'steps' (a whole count) or 'seconds' (finite, > 0); (0, 'steps') = off; None = malformed."""
     raw = cfg.checkpoint_every.strip().lower()
     unit = "seconds" if raw.endswith("s") else "steps"
     try:
@@ -401,14 +381,18 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def clock(self) -> float:
+        """time.perf_counter() once the work queued on the device is done."""
+        self.sync()
+        return time.perf_counter()
+
 
 def init_runtime(cfg: Config) -> Runtime:
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         autocast_dtype = torch.bfloat16
     else:
         device = torch.device("cpu")
@@ -416,11 +400,9 @@ def init_runtime(cfg: Config) -> Runtime:
             libc = ctypes.CDLL(None)  # come back as fresh page-faulting memory: keep them (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
             libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 1 << 30)
         autocast_dtype = torch.bfloat16 if cfg.cpu_dtype == "bf16" else None
-    host_group = None
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            host_group = dist.new_group(backend="gloo")
+    host_group = dist.new_group(backend="gloo") if world_size > 1 and device.type == "cuda" else None
     return Runtime(rank, world_size, device, host_group, autocast_dtype)
 
 
@@ -433,17 +415,8 @@ def all_ranks_max(rt: Runtime, values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def broadcast_str(rt: Runtime, value: str) -> str:
-    if rt.world_size == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=rt.host_group)
-    return box[0]
-
-
 class RunLog:
-    """Rank 0 writes every line to the log file and, unless `console=False`, to the console; other
-    ranks stay quiet."""
+    """Rank 0 writes every line to the log file and, unless `console=False`, to the console; other ranks stay quiet."""
 
     def __init__(self, path: Path | None, append: bool = False):
         self.path, self.file = path, open(path, "a" if append else "x", encoding="utf-8") if path else None
@@ -500,13 +473,11 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
         raise DataError(f"{path}: cannot read shard ({e.strerror})") from None
     if size < SHARD_HEADER_BYTES:
         raise DataError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header (truncated or not a shard)")
-    header = np.fromfile(path, dtype="<i4", count=3)
-    if header[0] != SHARD_MAGIC:
+    if (header := np.fromfile(path, dtype="<i4", count=3))[0] != SHARD_MAGIC:
         raise DataError(f"{path}: magic {header[0]} is not {SHARD_MAGIC}: not a challenge shard")
     if header[1] != SHARD_VERSION:
         raise DataError(f"{path}: shard version {header[1]} is not supported (expected {SHARD_VERSION})")
-    count = int(header[2])
-    if count <= 0:
+    if (count := int(header[2])) <= 0:
         raise DataError(f"{path}: the header declares {count} tokens: an empty shard; rebuild or re-download it")
     if size != SHARD_HEADER_BYTES + 2 * count:
         raise DataError(f"{path}: header declares {count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes) but the "
@@ -520,8 +491,7 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
 def find_shards(data_path: str, split: str) -> list[Path]:
     if Path(data_path).is_file():
         raise DataError(f"DATA_PATH={data_path} is a file: point it at the folder that holds the shards")
-    files = sorted(Path(data_path).glob(f"fineweb_{split}_*.bin"))
-    if not files:
+    if not (files := sorted(Path(data_path).glob(f"fineweb_{split}_*.bin"))):
         raise DataError(f"no fineweb_{split}_*.bin shards in DATA_PATH={data_path}: {FETCH_HINT}")
     return files
 
@@ -559,22 +529,19 @@ class TrainLoader:
 
     def __init__(self, files: list[Path], cfg: Config, rt: Runtime):
         self.stream = TokenStream(files, cfg.vocab_size)
-        self.rt, self.seq_len = rt, cfg.train_seq_len
-        self.span = cfg.train_batch_tokens // cfg.micro_batches + 1
+        self.rt, self.seq_len, self.span = rt, cfg.train_seq_len, cfg.train_batch_tokens // cfg.micro_batches + 1
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = self.stream.take(self.span * self.rt.world_size)
         local = torch.from_numpy(chunk[self.rt.rank * self.span:(self.rt.rank + 1) * self.span].astype(np.int64))
-        if self.rt.device.type == "cuda":
-            local = local.pin_memory().to(self.rt.device, non_blocking=True)
+        local = local.pin_memory().to(self.rt.device, non_blocking=True) if self.rt.device.type == "cuda" else local
         return local[:-1].view(-1, self.seq_len), local[1:].view(-1, self.seq_len)
 
 
 def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
     """The SentencePiece model at TOKENIZER_PATH, refused unless it fits the challenge's data format:
     VOCAB_SIZE pieces, BOS 1 / EOS 2, and byte fallback (every byte representable, so bpb is defined)."""
-    path = Path(cfg.tokenizer_path)
-    if path.is_dir():
+    if (path := Path(cfg.tokenizer_path)).is_dir():
         raise DataError(f"TOKENIZER_PATH={path} is a folder: point it at the tokenizer's .model file")
     if not path.is_file():
         raise DataError(f"TOKENIZER_PATH={path} does not exist: {FETCH_HINT}")
@@ -598,18 +565,15 @@ def check_tokenizer_record(cfg: Config) -> str | None:
     """Compare TOKENIZER_PATH with the sha256 recorded next to the shards when they were built or
     downloaded (DATA_PATH/tokenizer.sha256, or the builder's manifest.json); the record's name if any."""
     folder, digest = Path(cfg.data_path), None
-    record = folder / "tokenizer.sha256"
-    if record.is_file():
+    if (record := folder / "tokenizer.sha256").is_file():
         digest, _, name = record.read_text().strip().partition("  ")
     else:
         try:
             entry = json.loads((folder / "manifest.json").read_text())["tokenizer"]
-            digest, name = entry["sha256"], Path(entry["model_path"]).name
-            record = folder / "manifest.json"
+            digest, name, record = entry["sha256"], Path(entry["model_path"]).name, folder / "manifest.json"
         except (OSError, ValueError, KeyError, TypeError):
             return None
-    actual = hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()
-    if actual != digest:
+    if (actual := hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()) != digest:
         raise DataError(f"TOKENIZER_PATH={cfg.tokenizer_path} (sha256 {actual[:12]}...) is not the tokenizer the "
                         f"shards in DATA_PATH={cfg.data_path} were made with: {record} records {name} "
                         f"(sha256 {digest[:12]}...); point TOKENIZER_PATH at that file")
@@ -619,8 +583,7 @@ def check_tokenizer_record(cfg: Config) -> str | None:
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per token id: UTF-8 bytes of its piece without a leading '▁', whether it has that '▁', and
     whether it is a control/unknown/unused token (0 bytes, and no space byte for the token after it)."""
-    base = np.zeros(vocab_size, dtype=np.int32)
-    space = np.zeros(vocab_size, dtype=bool)
+    base, space = np.zeros(vocab_size, dtype=np.int32), np.zeros(vocab_size, dtype=bool)
     boundary = np.ones(vocab_size, dtype=bool)
     for i in range(sp.vocab_size()):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
@@ -630,8 +593,7 @@ def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.nda
             base[i] = 1
             continue
         piece = sp.id_to_piece(i)
-        space[i] = piece.startswith("\u2581")
-        base[i] = len(piece.removeprefix("\u2581").encode("utf-8"))
+        space[i], base[i] = piece.startswith("\u2581"), len(piece.removeprefix("\u2581").encode("utf-8"))
     return base, space, boundary
 
 
@@ -644,24 +606,20 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
 
 def audit_tokenizer(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, cfg: Config,
                     max_docs: int = 256) -> int:
-    """Decode the first whole validation documents. Re-encoding their text must give back the same
-    ids (the tokenizer is the one the data was made with: at most 5% of documents may differ, for
-    text the tokenizer normalises) and the byte table must give their exact UTF-8 length."""
-    starts = np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]
-    if len(starts) < 2:
+    """Decode the first whole validation documents: re-encoding them must give back the same ids (the tokenizer is the
+    one the data was made with; at most 5% may differ, for text it normalises) and the byte table their UTF-8 length."""
+    if len(starts := np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]) < 2:
         raise DataError("BPB audit: the validation tokens hold no whole BOS-delimited document; "
                         "set BPB_AUDIT=0 to skip the check (the score is then unaudited)")
     docs = [tokens[a + 1:b].tolist() for a, b in zip(starts[:-1], starts[1:])]
     texts = sp.decode(docs)
-    same = sum(a == b for a, b in zip(sp.encode(texts), docs))
-    if same < 0.95 * len(docs):
+    if (same := sum(a == b for a, b in zip(sp.encode(texts), docs))) < 0.95 * len(docs):
         raise DataError(f"BPB audit: only {same} of {len(docs)} validation documents re-encode to their ids with "
                         f"TOKENIZER_PATH={cfg.tokenizer_path}: the shards in DATA_PATH={cfg.data_path} were made "
                         "with another tokenizer; point TOKENIZER_PATH at the tokenizer of this dataset")
     per_target = target_bytes(tokens[starts[0]:starts[-1]], tables)
     for d, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
-        counted = int(per_target[a - starts[0]:b - starts[0] - 1].sum())
-        decoded = len(texts[d].encode("utf-8"))
+        counted, decoded = int(per_target[a - starts[0]:b - starts[0] - 1].sum()), len(texts[d].encode("utf-8"))
         if counted != decoded:
             raise DataError(f"BPB audit: validation document {d} decodes to {decoded} UTF-8 bytes but the byte "
                             f"table counts {counted}: TOKENIZER_PATH={cfg.tokenizer_path} does not match the data")
@@ -678,16 +636,13 @@ class ValData:
 
 def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device, unk_id: int = -1) -> ValData:
     tokens = np.concatenate([open_shard(f, cfg.vocab_size) for f in files])
-    unknown = int(np.count_nonzero(tokens == unk_id)) if unk_id >= 0 else 0
-    if unknown:
+    if unknown := (int(np.count_nonzero(tokens == unk_id)) if unk_id >= 0 else 0):
         raise DataError(f"the validation shards in DATA_PATH={cfg.data_path} hold {unknown} <unk> tokens (id "
                         f"{unk_id}): their bytes are unknown, so no exact bpb exists; rebuild the data with a "
                         "byte-fallback tokenizer")
     full = not (0 < cfg.val_max_tokens < len(tokens))
-    if not full:
-        tokens = tokens[:cfg.val_max_tokens]
-    num_targets = (len(tokens) - 1) // eval_len * eval_len
-    if num_targets == 0:
+    tokens = tokens if full else tokens[:cfg.val_max_tokens]
+    if (num_targets := (len(tokens) - 1) // eval_len * eval_len) == 0:
         raise DataError(f"validation split has {len(tokens)} tokens, fewer than one eval window of "
                         f"{eval_len + 1}: use more validation data or a smaller EVAL_SEQ_LEN")
     tokens = tokens[:num_targets + 1]
@@ -841,11 +796,13 @@ class SquaredAct(torch.autograd.Function):
         return torch.mul(g, a if ctx.slope is None else F.leaky_relu(a, ctx.slope)).mul_(2), None
 
 
+HEAD_ROWS = 256  # rows of logits per block (module constants, not class attributes: torch.compile reads them)
+
+
 class HeadLoss(torch.autograd.Function):
-    """head_loss without an adapter, its fp32 work on the logits in blocks of ROWS rows that stay in cache and
+    """head_loss without an adapter, its fp32 work on the logits in blocks of HEAD_ROWS rows that stay in cache and
     the softcap as 2 cap sigmoid(2 z / cap) (= cap tanh(z / cap) + cap: the constant cancels in the softmax, and
     sigmoid is much faster than tanh on CPU); the backward starts from the kept sigmoids."""
-    ROWS = 256
 
     @staticmethod
     def forward(ctx, x, weight, targets, cap):
@@ -854,8 +811,8 @@ class HeadLoss(torch.autograd.Function):
         acc = torch.promote_types(z.dtype, torch.float32)
         nll, lse = (z.new_empty(len(t), dtype=acc) for _ in "nl")
         kept = z.new_empty(z.shape, dtype=acc) if any(ctx.needs_input_grad) else None
-        for a in range(0, len(t), HeadLoss.ROWS):
-            rows = slice(a, a + HeadLoss.ROWS)
+        for a in range(0, len(t), HEAD_ROWS):
+            rows = slice(a, a + HEAD_ROWS)
             u = z[rows].to(acc) if kept is None else kept[rows].copy_(z[rows])
             s = torch.sigmoid_(u.mul_(2 / cap)) * (2 * cap) if cap else u
             torch.sub(torch.logsumexp(s, 1, out=lse[rows]), s.gather(1, t[rows, None])[:, 0], out=nll[rows])
@@ -867,8 +824,8 @@ class HeadLoss(torch.autograd.Function):
     def backward(ctx, g):
         (x, weight, t, kept, lse), g, cap = ctx.saved_tensors, g.reshape(-1, 1), ctx.cap
         dz = x.new_empty(kept.shape)
-        for a in range(0, len(t), HeadLoss.ROWS):
-            rows, u = slice(a, a + HeadLoss.ROWS), kept[a:a + HeadLoss.ROWS]
+        for a in range(0, len(t), HEAD_ROWS):
+            rows, u = slice(a, a + HEAD_ROWS), kept[a:a + HEAD_ROWS]
             p = torch.add(-lse[rows, None], u, alpha=2 * cap if cap else 1).exp_()  # the softmax
             p.scatter_add_(1, t[rows, None], p.new_full((len(p), 1), -1.0))
             if cap:  # d/dz 2 cap sigmoid(2 z / cap) = 4 sigmoid (1 - sigmoid)
@@ -887,18 +844,19 @@ def _sdpa(q, k, v):
     return y.transpose(1, 2)
 
 
+ATTENTION_BLOCK_SCORES = 1 << 21  # score elements per block of MatmulAttention's backward
+
+
 class MatmulAttention(torch.autograd.Function):
-    """Causal GQA attention like `_sdpa`, whose forward it uses (fast on CPU), with a backward of batched matmuls
-    around the softmax (SDPA's CPU backward is slow in bf16) that recomputes the probabilities rather than keeping a
-    T x T matrix: per block of queries (sized so that its scores stay in cache), against only the keys they see
-    (about half the T x T work for many blocks), with the query heads of a kv head stacked along time (no k/v
-    repeat)."""
-    SCORES = 1 << 21  # score elements per block
+    """Causal GQA attention like `_sdpa`, whose forward it uses (fast on CPU), with a backward of batched matmuls around
+    the softmax (SDPA's CPU backward is slow in bf16) that recomputes the probabilities rather than keeping a T x T
+    matrix: per block of queries (sized so that its scores stay in cache), against only the keys they see (about half
+    the T x T work for many blocks), with the query heads of a kv head stacked along time (no k/v repeat)."""
 
     @staticmethod
     def blocks(qh, kh, tq):
         """(query slice, its queries with heads stacked along time, the keys they see, probabilities) per block."""
-        rows = max(1, MatmulAttention.SCORES // (qh.size(0) * qh.size(1) * kh.size(1)))
+        rows = max(1, ATTENTION_BLOCK_SCORES // (qh.size(0) * qh.size(1) * kh.size(1)))
         for a in range(0, tq, rows):
             b = min(a + rows, tq)
             qb, kb = qh[:, :, a:b].reshape(qh.size(0), -1, qh.size(3)), kh[:, :kh.size(1) - tq + b]
@@ -938,10 +896,6 @@ class Kernels(NamedTuple):
     head_loss: Callable = head_loss
 
 
-def fused_kernels(attention) -> Kernels:
-    return Kernels(attention, RMSNorm.apply, NormRotary.apply, SquaredAct.apply, HeadLoss.apply)
-
-
 def select_attention(requested: str, device: torch.device, bf16: bool = True):
     """(name, fn) with fn(q, k, v) -> causal attention over (B, T, heads, head_dim) tensors. auto: FlashAttention
     3, else 2, else SDPA on CUDA; on CPU matmul in bf16, SDPA in fp32 (an absent package never fails the import)."""
@@ -973,22 +927,17 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.kernels = cfg.num_heads, cfg.num_kv_heads, kernels
         self.head_dim = cfg.model_dim // cfg.num_heads
         self.rope_half, kv_dim = (cfg.rope_dims or self.head_dim) // 2, self.num_kv_heads * self.head_dim
-        self.q = QATLinear(cfg.model_dim, cfg.model_dim)
-        self.k = QATLinear(cfg.model_dim, kv_dim)
-        self.v = QATLinear(cfg.model_dim, kv_dim)
-        self.proj = QATLinear(cfg.model_dim, cfg.model_dim)
+        self.q, self.k = QATLinear(cfg.model_dim, cfg.model_dim), QATLinear(cfg.model_dim, kv_dim)
+        self.v, self.proj = QATLinear(cfg.model_dim, kv_dim), QATLinear(cfg.model_dim, cfg.model_dim)
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
-        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.xsa, self.gate_scale = layer >= cfg.num_layers - cfg.xsa_last_n, cfg.sparse_attn_gate_scale
         self.gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.sparse_attn_gate_enabled else None
-        self.gate_scale = cfg.sparse_attn_gate_scale
 
     def forward(self, x: torch.Tensor, rotary: tuple, first: int = 0) -> torch.Tensor:
         """Outputs for positions first.. (queries from those only; keys and values from all)."""
-        (B, T, _), kn, (cos, sin) = x.shape, self.kernels, rotary
-        xq = suffix(x, first)
+        (B, T, _), kn, (cos, sin), kv, xq = x.shape, self.kernels, rotary, self.num_kv_heads, suffix(x, first)
         q = kn.norm_rotary(self.q(xq).view(B, T - first, self.num_heads, self.head_dim), suffix(cos, first),
                            suffix(sin, first), self.rope_half, self.q_gain)
-        kv = self.num_kv_heads
         k = kn.norm_rotary(self.k(x).view(B, T, kv, self.head_dim), cos[:, :, :kv], sin[:, :, :kv], self.rope_half, None)
         v = self.v(x).view(B, T, kv, self.head_dim)
         y = kn.attention(q.to(v.dtype), k.to(v.dtype), v)
@@ -1006,8 +955,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: Config, kernels: Kernels):
         super().__init__()
         hidden, self.act = int(cfg.mlp_mult * cfg.model_dim), kernels.squared_act
-        self.fc = QATLinear(cfg.model_dim, hidden)
-        self.proj = QATLinear(hidden, cfg.model_dim)
+        self.fc, self.proj = QATLinear(cfg.model_dim, hidden), QATLinear(hidden, cfg.model_dim)
         self.slope, self.lora = cfg.mlp_leaky_slope if cfg.mlp_act == "leaky_relu2" else None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1020,12 +968,11 @@ class Block(nn.Module):
 
     def __init__(self, cfg: Config, kernels: Kernels, layer: int):
         super().__init__()
-        self.attn, self.rms_norm = CausalSelfAttention(cfg, kernels, layer), kernels.rms_norm
-        self.mlp = MLP(cfg, kernels)
+        self.attn, self.mlp = CausalSelfAttention(cfg, kernels, layer), MLP(cfg, kernels)
+        self.rms_norm, self.ln_scale = kernels.rms_norm, 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim)]))
-        self.ln_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
 
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.rms_norm(x) * self.ln_scale if self.ln_scale != 1.0 else self.rms_norm(x)
@@ -1061,15 +1008,12 @@ class BigramHash(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.buckets = cfg.bigram_vocab_size
-        self.table = nn.Embedding(cfg.bigram_vocab_size, cfg.bigram_dim)
-        self.proj = QATLinear(cfg.bigram_dim, cfg.model_dim)
-        self.scale = nn.Parameter(torch.tensor(0.05))
+        self.buckets, self.table = cfg.bigram_vocab_size, nn.Embedding(cfg.bigram_vocab_size, cfg.bigram_dim)
+        self.proj, self.scale = QATLinear(cfg.bigram_dim, cfg.model_dim), nn.Parameter(torch.tensor(0.05))
 
     def forward(self, idx: torch.Tensor, prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
-        pair = torch.bitwise_xor(prev * 48271, idx * 69621) % (self.buckets - 1)
-        bucket = torch.where(has_prev, pair, self.buckets - 1)  # last bucket = "no previous token"
-        return self.scale * self.proj(self.table(bucket))
+        pair = torch.bitwise_xor(prev * 48271, idx * 69621) % (self.buckets - 1)  # last bucket = "no previous token"
+        return self.scale * self.proj(self.table(torch.where(has_prev, pair, self.buckets - 1)))
 
 
 class SmearGate(nn.Module):
@@ -1092,9 +1036,8 @@ def narrow_smear(x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, lam: 
 
 
 def layer_order(cfg: Config, looping: bool) -> tuple[list, list]:
-    """(encoder, decoder) physical block indices in the order they run. With depth recurrence on,
-    LOOP_START..LOOP_END run 1 + NUM_LOOPS times; the first half of the unrolled order is the U-Net
-    encoder (its outputs feed the decoder's skips, last in first out)."""
+    """(encoder, decoder) physical block indices in run order; with depth recurrence LOOP_START..LOOP_END run 1 +
+    NUM_LOOPS times. The unrolled order's first half is the U-Net encoder (outputs feed the decoder's skips, LIFO)."""
     order = list(range(cfg.num_layers))
     if looping and cfg.num_loops:
         loop = order[cfg.loop_start:cfg.loop_end + 1]
@@ -1147,17 +1090,13 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Per-token NLL of targets[:, first:] (the last block and the head run only where a target is scored)."""
-        prev, has_prev = previous_token(idx)
-        x = self.tok_emb(idx)
+        (prev, has_prev), x = previous_token(idx), self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # residual stream in bf16, like the weights' matmuls
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        if self.cfg.smear_gate_enabled:
-            x = narrow_smear(x, idx, self.smear_weight, self.smear_lambda)
-        if self.bigram is not None:
-            x = x + self.bigram(idx, prev, has_prev).to(x.dtype)
+        x = narrow_smear(x, idx, self.smear_weight, self.smear_lambda) if self.cfg.smear_gate_enabled else x
+        x = x + self.bigram(idx, prev, has_prev).to(x.dtype) if self.bigram is not None else x
         x = self.kernels.rms_norm(x)
-        if self.smear is not None:
-            x = self.smear(x, has_prev)
+        x = self.smear(x, has_prev) if self.smear is not None else x
         x0, skips, lanes = x, [], None
         rotary = tuple(t.to(x.dtype).contiguous() for t in rotary_tables(idx.size(1), *self.rope, idx.device,
                                                                           self.cfg.num_heads))  # angles in fp32
@@ -1187,8 +1126,7 @@ class GPT(nn.Module):
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per use of a matmul weight (lm head included; a looped block once
-    per pass) + causal attention."""
+    """Training FLOPs/token: 6 per matmul weight use (lm head included; looped blocks per pass) + causal attention."""
     runs = sum(layer_order(model.cfg, looping=True), [])
     weights = {name: m.weight.numel() for name, m in model.named_modules() if isinstance(m, QATLinear)}
     matmul = model.tok_emb.weight.numel() + sum(n * (runs.count(int(k.split(".")[1])) if k.startswith("blocks.") else 1)
@@ -1203,12 +1141,10 @@ def peak_flops(rt: Runtime) -> float:
     n, dtype = 1024, rt.autocast_dtype or torch.float32
     a = torch.randn(n, n, device=rt.device, dtype=dtype)
     a @ a
-    rt.sync()
-    t0 = time.perf_counter()
+    t0 = rt.clock()
     for _ in range(4):
         a @ a
-    rt.sync()
-    return 4 * 2 * n ** 3 / (time.perf_counter() - t0)
+    return 4 * 2 * n ** 3 / (rt.clock() - t0)
 
 # ================================== optimizer ==================================
 
@@ -1224,10 +1160,8 @@ NS_POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
 def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple = NS_STANDARD) -> torch.Tensor:
     """Approximate the orthogonal polar factor of g (a matrix, or a stack of them) with quintic Newton-Schulz
     iterations in bf16: X <- aX + (bA + cA^2)X, A = XX^T; iteration i uses coefficients[i] (the last repeats)."""
-    x = g.bfloat16()
-    tall = x.size(-2) > x.size(-1)
-    if tall:
-        x = x.mT
+    x, tall = g.bfloat16(), g.size(-2) > g.size(-1)
+    x = x.mT if tall else x
     x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
     for i in range(steps):
         a, b, c = coefficients[min(i, len(coefficients) - 1)]
@@ -1237,12 +1171,10 @@ def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple = NS_STANDARD
 
 
 class Muon(torch.optim.Optimizer):
-    """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum
-    buffers (cheap, and checkpoints stay rank-independent). Each matrix is orthogonalised by one rank
-    (shares balanced by size, largest first; a rank's matrices of one shape in one batch), which writes it
-    into its slot of a persistent buffer; one all-gather gives every rank every update: each rank sends
-    only what it computed. With `row_normalize` (MuonEq-R) each row of the Nesterov update is scaled to
-    unit norm first."""
+    """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum buffers (cheap;
+    checkpoints stay rank-independent). One rank orthogonalises each matrix (shares balanced by size, largest first; its
+    same-shape ones batched) into its slot of a persistent buffer; one all-gather, each rank sending only what it
+    computed, gives every rank every update. `row_normalize` (MuonEq-R): Nesterov update rows to unit norm first."""
 
     def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime,
                  orthogonalise=newton_schulz, coefficients: tuple = NS_STANDARD, row_normalize: bool = False):
@@ -1256,9 +1188,8 @@ class Muon(torch.optim.Optimizer):
             loads[owner] += params[i].numel()
         self.shard = max(loads)
         self.gathered = torch.zeros(rt.world_size * self.shard, dtype=torch.bfloat16, device=params[0].device)
-        self.local = self.gathered[rt.rank * self.shard:(rt.rank + 1) * self.shard]
-        if rt.world_size > 1:
-            self.local = self.local.clone()  # all-gather reads its own buffer
+        local = self.gathered[rt.rank * self.shard:(rt.rank + 1) * self.shard]
+        self.local = local.clone() if rt.world_size > 1 else local  # all-gather reads its own buffer
 
     def bytes_per_step(self) -> int:
         """Bytes each rank sends in the update all-gather."""
@@ -1277,8 +1208,7 @@ class Muon(torch.optim.Optimizer):
                 mine.setdefault(params[i].shape, []).append(i)
         for (rows, cols), idx in mine.items():
             g = torch.stack([params[i].grad.add(bufs[i], alpha=mu) for i in idx])  # Nesterov
-            if self.row_normalize:
-                g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
+            g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7) if self.row_normalize else g
             u = self.orthogonalise(g, group["steps"], self.coefficients) * max(1.0, rows / cols) ** 0.5
             for i, ui in zip(idx, u):
                 self.local[self.slots[i][1]:self.slots[i][1] + ui.numel()] = ui.flatten()
@@ -1291,8 +1221,7 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.Optimizer]:
-    """Muon for every QATLinear weight; AdamW for the embedding tables (EMBED_WD) and for scalars/controls
-    (ADAM_WD)."""
+    """Muon for every QATLinear weight; AdamW for the embedding tables (EMBED_WD) and for scalars/controls (ADAM_WD)."""
     matrices = [m.weight for m in model.modules() if isinstance(m, QATLinear)]
     tables = [model.tok_emb.weight] + ([model.bigram.table.weight] if model.bigram is not None else [])
     taken = {id(p) for p in matrices + tables}
@@ -1303,27 +1232,22 @@ def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.O
         betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=rt.device.type == "cuda")
     orthogonalise = torch.compile(newton_schulz) if cfg.compile == "1" else newton_schulz
     return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt, orthogonalise,
-                 NS_POLAR_EXPRESS if cfg.muon_ns == "polar" else NS_STANDARD, cfg.muon_row_normalize),
-            adam]
+                 NS_POLAR_EXPRESS if cfg.muon_ns == "polar" else NS_STANDARD, cfg.muon_row_normalize), adam]
 
 # ================================ training loop ================================
 
 
 def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
-    """LR multiplier, never below MIN_LR. With WARMDOWN_FRAC: 1, then linear to 0 over the last
-    WARMDOWN_FRAC of training (by steps or wall clock, whichever is further along). Otherwise: 1 until
-    the warm-down, then linear to 0 at ITERATIONS or at the step predicted to hit the wall-clock cap
-    (per-step time measured on training steps only), whichever comes first."""
+    """LR multiplier, never below MIN_LR. With WARMDOWN_FRAC: 1, then linear to 0 over the last WARMDOWN_FRAC of
+    training (by steps or wall clock, whichever is further along). Otherwise: 1 until the warm-down, then linear to 0
+    at ITERATIONS or at the step predicted to hit the wall-clock cap (timed on training steps only), if sooner."""
     if cfg.warmdown_frac:
         scale = min(1.0, (1 - training_progress(cfg, step, elapsed_ms)) / cfg.warmdown_frac)
-    elif cfg.warmdown_iters <= 0:
-        scale = 1.0
     else:
-        scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters)
-        if budget_ms(cfg) > 0 and step > 0:
+        scale = min(1.0, max(cfg.iterations - step, 0) / cfg.warmdown_iters) if cfg.warmdown_iters > 0 else 1.0
+        if cfg.warmdown_iters > 0 and budget_ms(cfg) > 0 and step > 0:
             warmdown_ms = cfg.warmdown_iters * elapsed_ms / step
-            remaining_ms = max(budget_ms(cfg) - elapsed_ms, 0.0)
-            scale = min(scale, remaining_ms / warmdown_ms if warmdown_ms > 0 else 1.0)
+            scale = min(scale, max(budget_ms(cfg) - elapsed_ms, 0.0) / warmdown_ms if warmdown_ms > 0 else 1.0)
     return max(scale, cfg.min_lr)
 
 
@@ -1335,8 +1259,7 @@ def budget_ms(cfg: Config) -> float:
 
 
 def training_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
-    by_time = elapsed_ms / budget_ms(cfg) if budget_ms(cfg) > 0 else 0.0
-    return max(step / max(cfg.iterations, 1), by_time)
+    return max(step / max(cfg.iterations, 1), elapsed_ms / budget_ms(cfg) if budget_ms(cfg) > 0 else 0.0)
 
 
 class TrainingStopped(Exception):
@@ -1344,8 +1267,6 @@ class TrainingStopped(Exception):
 
 
 _STOP_SIGNAL = {"received": False}  # set by SIGTERM when checkpoints are on
-
-
 CHECKPOINT_FORMAT = "train_gpt-checkpoint-1"
 
 
@@ -1388,8 +1309,7 @@ def load_checkpoint(path: str, cfg: Config, model: nn.Module, device) -> dict:
     if diff:
         raise ConfigError(f"RESUME_FROM={path} was made with other settings; resume with the same ones:\n  "
                           + "\n  ".join(diff))
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    ours, theirs = ({k: tuple(v.shape) for k, v in sd.items()} for sd in (model.state_dict(), state["model"]))
     if ours != theirs:
         raise ConfigError(f"RESUME_FROM={path} holds tensors of another model shape "
                           f"({len(set(ours.items()) ^ set(theirs.items()))} differ): resume with the settings it was made with")
@@ -1398,20 +1318,17 @@ def load_checkpoint(path: str, cfg: Config, model: nn.Module, device) -> dict:
 
 def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Module, train_files: list[Path],
           val: ValData, resume: dict | None) -> dict:
-    """Train `model` (through `run_model`, its compiled form), from a checkpoint's state if `resume`
-    is given; returns step count and timing."""
+    """Train `model` via `run_model` (its compiled form), from the checkpoint `resume` if given; steps and timing."""
     train_model = DDP(run_model, gradient_as_bucket_view=True) if rt.world_size > 1 else run_model
     optimizers = build_optimizers(model, cfg, rt)
     if rt.world_size > 1:
         grad_bytes = 4 * sum(p.numel() for p in model.parameters())
         log(f"comm per step per rank: gradient all-reduce {grad_bytes / 2**20:.2f} MiB (DDP buckets, overlapped with "
             f"the backward), Muon update all-gather sends {optimizers[0].bytes_per_step() / 2**20:.2f} MiB")
-    accum = cfg.micro_batches // rt.world_size
-    linears = [m for m in model.modules() if isinstance(m, QATLinear)]
+    accum, linears = cfg.micro_batches // rt.world_size, [m for m in model.modules() if isinstance(m, QATLinear)]
     qat = {id(m): (quant_bits_for(name + ".weight", cfg), cfg.quant_clip, clip_sigmas_for(name + ".weight", cfg))
            for name, m in model.named_modules() if isinstance(m, QATLinear)}
-    tokens_per_step, fpt = cfg.train_batch_tokens, flops_per_token(model, cfg.train_seq_len)
-    peak = peak_flops(rt) * rt.world_size
+    fpt, peak = flops_per_token(model, cfg.train_seq_len), peak_flops(rt) * rt.world_size
 
     def set_qat(on: bool):
         for m in linears:
@@ -1440,9 +1357,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             opt.step()
         model.zero_grad(set_to_none=True)
         return total
-
-    # Warm-up: compile and prime kernels (with depth recurrence and QAT too, if used, so that switching
-    # them on mid-run compiles nothing), then restore the initial state.
+    # Warm-up: compile and prime kernels (looping and QAT too: switching them on compiles nothing), then restore.
     if cfg.warmup_steps > 0:
         initial = copy.deepcopy((model.state_dict(), [o.state_dict() for o in optimizers]))
         loader = TrainLoader(train_files, cfg, rt)
@@ -1460,7 +1375,6 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if cfg.compile == "1":
             breaks = compile_stats("graph_break")
             log(f"compile: {sum(breaks.values())} graph break(s)" + "".join(f"; {r[:80]}" for r in list(breaks)[:3]))
-
     loader, swa, ema = TrainLoader(train_files, cfg, rt), SWA(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, training_ms = 0, 0.0
     if resume is not None:
@@ -1475,12 +1389,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         step, training_ms, model.looping = resume["step"], resume["training_ms"], resume["looping"]
         torch.set_rng_state(resume["rng"].cpu())
         log(f"resumed from {cfg.resume_from} at step {step} (training time so far {training_ms / 1000:.1f}s)")
-
-    ckpt_every, ckpt_unit = checkpoint_interval(cfg)
-    ckpt_path = Path(cfg.checkpoint_path)
+    (ckpt_every, ckpt_unit), ckpt_path = checkpoint_interval(cfg), Path(cfg.checkpoint_path)
     if ckpt_every:
         signal.signal(signal.SIGTERM, lambda signum, frame: _STOP_SIGNAL.update(received=True))
-    last_ckpt_ms = training_ms
 
     def checkpoint(reason: str):
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -1495,29 +1406,25 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if rt.world_size > 1:
             dist.barrier()
         log(f"checkpoint: step {step} written to {ckpt_path} ({reason})")
-
     stop_reason, pending, last_good, last_val = "iterations", None, None, None
 
     def check_finite(at_step: int, value: torch.Tensor, ready) -> None:
         nonlocal last_good
         if ready is not None:
             ready.synchronize()
-        value = float(value)
-        if not math.isfinite(value):
+        if not math.isfinite(value := float(value)):
             good = f"last finite train loss {last_good[1]:.4f} at step {last_good[0]}" if last_good else "no finite step before it"
             seen = f", last val_bpb {last_val[1]:.4f} at step {last_val[0]}" if last_val else ""
             raise TrainingStopped(f"train loss is {value} at step {at_step} ({good}{seen}); no artifact written. "
                                   "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data.")
         last_good = (at_step, value)
     agreed_ms = training_ms  # training time all ranks agree on (max over ranks, one step old)
-    recompiled, qat_on = 0, False
-    rt.sync()
-    t0 = time.perf_counter()
+    recompiled, qat_on, last_ckpt_ms = 0, False, training_ms
+    t0 = rt.clock()
     while True:
         done = step >= cfg.iterations or stop_reason == "wallclock"
         if done or (cfg.val_loss_every and step % cfg.val_loss_every == 0):
-            rt.sync()
-            training_ms += 1000 * (time.perf_counter() - t0)
+            training_ms += 1000 * (rt.clock() - t0)
             val_loss, val_bpb = evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
             last_val = (step, val_bpb)
             log(f"step:{step}/{cfg.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
@@ -1536,14 +1443,12 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             model.looping = True
             log(f"looping: depth recurrence on from step {step}; blocks run as encoder {layer_order(cfg, True)[0]} "
                 f"decoder {layer_order(cfg, True)[1]}")
-        graphs = compile_stats("stats").get("unique_graphs", 0)
-        loss = train_step(loader, scale, momentum)
+        graphs, loss = compile_stats("stats").get("unique_graphs", 0), train_step(loader, scale, momentum)
         recompiled += compile_stats("stats").get("unique_graphs", 0) - graphs
         step += 1
         if ema:
             ema.update(model)
-        # Non-finite check one step behind, so the host never waits on the step it just launched.
-        if pending is not None:
+        if pending is not None:  # non-finite check one step behind: the host never waits on the step just launched
             check_finite(*pending)
         pending = (step, loss.detach().to("cpu", non_blocking=True), torch.cuda.Event() if loss.is_cuda else None)
         if pending[2]:  # recorded after the copy was queued: waiting on it means the host value has arrived
@@ -1553,7 +1458,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         elapsed = training_ms + 1000 * (time.perf_counter() - t0)
         if cfg.train_log_every and (step % cfg.train_log_every == 0 or step <= 10):
             step_avg = elapsed / step
-            tok_s = tokens_per_step / step_avg * 1000
+            tok_s = cfg.train_batch_tokens / step_avg * 1000
             log(f"step:{step}/{cfg.iterations} train_loss:{loss.item():.4f} train_time:{elapsed:.0f}ms "
                 f"step_avg:{step_avg:.2f}ms tok/s:{tok_s:.0f} mfu:{100 * fpt * tok_s / peak:.2f}%")
         # Ranks agree on the clock and on a SIGTERM, so all of them take the same decisions.
@@ -1596,12 +1501,10 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
 
 
 class EMA:
-    """Exponential moving average of the weights, updated after every optimiser step from the initial
-    weights on: shadow <- decay * shadow + (1 - decay) * w, in fp32; loaded into the model for export."""
+    """Weight EMA from init, per optimiser step: shadow <- decay * shadow + (1 - decay) * w, fp32; loaded for export."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.decay, self.shadow = decay, {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -1610,8 +1513,7 @@ class EMA:
 
 
 class SWA:
-    """Stochastic weight averaging: a running sum of weight snapshots taken during the warm-down;
-    `average()` is their mean, loaded into the model before export."""
+    """Stochastic weight averaging: running sum of warm-down weight snapshots; export loads `average()`, their mean."""
 
     def __init__(self):
         self.sums, self.count = None, 0
@@ -1630,8 +1532,7 @@ class SWA:
 
 # =================================== export ===================================
 
-ARTIFACT_MAGIC, ARTIFACT_VERSION = b"PGOLFART", 3
-MAX_PAYLOAD_BYTES = 1 << 30  # hard ceiling on what an artifact may decompress to
+ARTIFACT_MAGIC, ARTIFACT_VERSION, MAX_PAYLOAD_BYTES = b"PGOLFART", 3, 1 << 30  # max: what an artifact may decompress to
 ARRAY_DTYPES = {"i1": np.int8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
 
 
@@ -1654,8 +1555,7 @@ def clip_sigmas_for(name: str, cfg: Config) -> float:
 def row_scales(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> torch.Tensor:
     """fp16 scale per row: max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values beyond k std
     are clipped), or the fraction of absmax among 0.50..1.00 with the least squared error (search)."""
-    qmax = 2 ** (bits - 1) - 1
-    absmax = w.abs().amax(dim=1, keepdim=True)
+    qmax, absmax = 2 ** (bits - 1) - 1, w.abs().amax(dim=1, keepdim=True)
     if clip == "sdclip":
         return (sigmas * w.std(dim=1, keepdim=True) / qmax).clamp_min(2 ** -14).half()
     best, best_err = None, None
@@ -1676,12 +1576,10 @@ def quantize_rows(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: floa
 
 @torch.no_grad()
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """GPTQ codes for w (rows x cols) with fixed per-row scales: columns are quantised in descending
-    order of the Hessian's diagonal (1% damping), and each column's rounding error, scaled by the
-    Cholesky factor of the inverse Hessian, is spread onto the columns not yet quantised (within the
-    block at once, beyond it after the block). An identity Hessian gives round to nearest."""
-    qmax, s = 2 ** (bits - 1) - 1, scale.float()[:, 0]
-    W, H = w.float().clone(), hessian.double().clone()
+    """GPTQ codes for w (rows x cols) with fixed per-row scales: columns quantised in descending Hessian-diagonal order
+    (1% damping); each column's rounding error, scaled by the inverse Hessian's Cholesky factor, is spread onto the
+    columns not yet quantised (in-block at once, later ones after the block). Identity Hessian: round to nearest."""
+    qmax, s, W, H = 2 ** (bits - 1) - 1, scale.float()[:, 0], w.float().clone(), hessian.double().clone()
     dead = H.diagonal() == 0
     H[dead, dead], W[:, dead] = 1.0, 0.0
     H.diagonal().add_(0.01 * H.diagonal().mean())
@@ -1704,8 +1602,7 @@ def quantize_grouped(x: torch.Tensor, bits: int, group: int) -> tuple:
     """LQER factor codes: each run of `group` values shares an fp16 scale max|g| / (2^(b-1) - 0.5);
     codes in [-2^(b-1), 2^(b-1) - 1] (one more level below zero than above)."""
     flat = x.float().flatten()
-    g = F.pad(flat, (0, (-len(flat)) % group)).view(-1, group)
-    half = 2 ** (bits - 1)
+    g, half = F.pad(flat, (0, (-len(flat)) % group)).view(-1, group), 2 ** (bits - 1)
     s = (g.abs().amax(1) / (half - 0.5)).clamp_min(2 ** -14).half()
     return torch.clamp(torch.round(g / s.float()[:, None]), -half, half - 1).to(torch.int8).flatten()[:len(flat)], s
 
@@ -1718,25 +1615,21 @@ def dequantize(t: dict, a: dict) -> np.ndarray:
     if "lqer" in t:  # + A B, the low-rank correction of the quantisation error
         (rows, cols), (rank, group) = t["shape"], t["lqer"]
         A = (a["a"] * a["a_scale"][0]).reshape(rows, rank)
-        B = (a["b"] * np.repeat(a["b_scale"], group)[:rank * cols]).reshape(rank, cols)
-        w = w + A @ B
+        w = w + A @ (a["b"] * np.repeat(a["b_scale"], group)[:rank * cols]).reshape(rank, cols)
     return w
 
 
 @torch.no_grad()
 def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
-    """X^T X of the inputs of every quantised linear (and of the tied head, for the embedding) over
-    GPTQ_CALIBRATION_BATCHES batches of the training stream, summed over ranks. It is given the
-    training loader only: validation data cannot reach it."""
-    hessians, hooks = {}, []
-
+    """X^T X of each quantised linear's inputs (and the tied head's, for the embedding) over GPTQ_CALIBRATION_BATCHES
+    training-stream batches, summed over ranks; given the training loader only, it cannot see validation data."""
     def add(name, x):
         x = x.detach().flatten(0, -2).float()
         with torch.autocast(x.device.type, enabled=False):  # accumulated in fp32 whatever the compute dtype
             hessians[name] = hessians[name].addmm_(x.T, x) if name in hessians else x.T @ x
-    for name, m in model.named_modules():
-        if isinstance(m, QATLinear) and quant_bits_for(name + ".weight", cfg) < 16:
-            hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])))
+    hessians = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=name + ".weight": add(n, args[0])) for name, m in
+             model.named_modules() if isinstance(m, QATLinear) and quant_bits_for(name + ".weight", cfg) < 16]
     model.head_hook = (lambda x: add("tok_emb.weight", x)) if cfg.quant_bits_embed < 16 else None
     was_training = model.training
     model.eval()
@@ -1759,8 +1652,7 @@ def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: R
     "f16") and numpy arrays. With Hessians, matrices get GPTQ codes (each rank computes a share)."""
     hessians, todo = hessians or {}, {}
     for name, t in state.items():
-        bits = quant_bits_for(name, cfg) if t.ndim == 2 else 16
-        if bits < 16:
+        if (bits := quant_bits_for(name, cfg) if t.ndim == 2 else 16) < 16:
             w = prune_smallest(t.detach().float(), cfg.prune_frac)
             todo[name] = (w, bits, row_scales(w, bits, cfg.quant_clip, clip_sigmas_for(name, cfg)))
     mine = {}
@@ -1796,24 +1688,17 @@ def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: R
 def prune_smallest(w: torch.Tensor, frac: float) -> torch.Tensor:
     """Zero the `frac` smallest-magnitude entries (zeros compress well)."""
     k = int(frac * w.numel())
-    if k == 0:
-        return w
-    threshold = w.abs().flatten().kthvalue(k).values
-    return torch.where(w.abs() <= threshold, torch.zeros_like(w), w)
-
-
-def zstd_decompress(data: bytes, raw_size: int) -> bytes:
-    declared = zstandard.frame_content_size(data)
-    if declared not in (-1, raw_size):  # refused before anything is allocated
-        raise ValueError(f"the zstd frame declares {declared} bytes, the header {raw_size}")
-    return zstandard.ZstdDecompressor().stream_reader(data).read(raw_size + 1)
+    return w if k == 0 else torch.where(w.abs() <= w.abs().flatten().kthvalue(k).values, torch.zeros_like(w), w)
 
 
 def codec(name: str) -> tuple:
-    """(compress(raw, cfg), decompress(data, raw_size)) of a COMPRESSOR; decompression never yields
-    more than raw_size + 1 bytes (the caller refuses anything but raw_size). Optional packages are
-    imported here only."""
+    """(compress(raw, cfg), decompress(data, raw_size)) of a COMPRESSOR; decompression never yields more than
+    raw_size + 1 bytes (the caller refuses anything but raw_size). Optional packages are imported here only."""
     if name == "zstd":
+        def zstd_decompress(data: bytes, raw_size: int) -> bytes:
+            if (declared := zstandard.frame_content_size(data)) not in (-1, raw_size):  # refused before allocating
+                raise ValueError(f"the zstd frame declares {declared} bytes, the header {raw_size}")
+            return zstandard.ZstdDecompressor().stream_reader(data).read(raw_size + 1)
         return lambda raw, cfg: zstandard.ZstdCompressor(level=cfg.zstd_level).compress(raw), zstd_decompress
     if name == "lzma":
         import lzma
@@ -1858,12 +1743,6 @@ def codec_problem(name: str) -> str | None:
     return None
 
 
-def stream_role(name: str, key: str) -> str:
-    """Which stream an array goes to: the codes of each matrix role (across layers) together, the rest
-    (scales, fp16 tensors, LQER factors) in one stream."""
-    return re.sub(r"^blocks\.\d+\.", "", name) if key == "q" else "other"
-
-
 def compress_stream(raw: bytes, codes: bool, cfg: Config) -> tuple[str, bytes]:
     """(codec, compressed bytes) of one stream under COMPRESSOR. ans codes int8 code streams only, each in
     the smaller of ANS and brotli (LZ wins on near-duplicate rows), and sends the rest to brotli."""
@@ -1872,13 +1751,13 @@ def compress_stream(raw: bytes, codes: bool, cfg: Config) -> tuple[str, bytes]:
 
 
 def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -> bytes:
-    """Serialise quantised entries as: magic, u16 version, u32 compressed and u32 raw header length,
-    zlib(JSON header: model config, score settings, tensor table, streams), the compressed streams,
-    and a sha256 of everything before it."""
-    streams = {}
+    """Serialise quantised entries as: magic, u16 version, u32 compressed and u32 raw header length, zlib(JSON header:
+    model config, score settings, tensor table, streams), the compressed streams, and a sha256 of all before it."""
+    streams = {}  # the codes of each matrix role (across layers) together; the rest (scales, fp16, LQER) in "other"
     for e in entries:
         for key, arr in e["arrays"].items():
-            streams.setdefault(stream_role(e["name"], key), []).append((e, key, arr))
+            role = re.sub(r"^blocks\.\d+\.", "", e["name"]) if key == "q" else "other"
+            streams.setdefault(role, []).append((e, key, arr))
     table, bodies, meta = [dict(e, arrays={}) for e in entries], [], []
     index = {e["name"]: t for e, t in zip(entries, table)}
     for i, (role, items) in enumerate(streams.items()):
@@ -1898,8 +1777,7 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -
 
 
 def packed_code_bytes(code: bytes) -> int:
-    """An upper bound of this script's size as records/make_submission.py --pack-code ships it (lzma +
-    base85 in a two-line stub; the packer also minifies, which makes it smaller still)."""
+    """Upper bound of this script's size as records/make_submission.py --pack-code ships it (lzma, before minifying)."""
     import base64
     import lzma
     return len(base64.b85encode(lzma.compress(code, format=lzma.FORMAT_ALONE, preset=9 | lzma.PRESET_EXTREME))) + 160
@@ -1911,13 +1789,11 @@ def counted_code_bytes(cfg: Config, code: tuple) -> int:
 
 
 def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
-    """Artifact bytes forecast from the shapes: each tensor at the compressed bytes per value measured on
-    a calibration tensor (Gaussian rows, quantised and compressed as the export will do it)."""
+    """Artifact bytes forecast from the shapes, per tensor at a quantised Gaussian tensor's compressed bytes/value."""
     per_value, total = {}, 80 * len(model.state_dict())  # + the compressed header, per tensor
     for name, p in model.state_dict().items():
         bits = quant_bits_for(name, cfg) if p.ndim == 2 else 16
-        key = (bits, clip_sigmas_for(name, cfg))
-        if key not in per_value:
+        if (key := (bits, clip_sigmas_for(name, cfg))) not in per_value:
             w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))
             if bits < 16:
                 q, scale = quantize_rows(w, bits, cfg.quant_clip, key[1])
@@ -1930,8 +1806,7 @@ def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
 
 
 def cap_ladder(cfg: Config):
-    """FIT_TO_CAP's step-downs, cheapest first and cumulative: more pruning, then one bit less for the
-    MLP, attention and embedding matrices in turn."""
+    """FIT_TO_CAP's cumulative step-downs, cheapest first: more pruning, then 1 bit less for MLP/attn/embed in turn."""
     changes = {}
     for frac in (0.03, 0.06, 0.1):
         if frac > cfg.prune_frac:
@@ -1939,8 +1814,7 @@ def cap_ladder(cfg: Config):
             yield f"PRUNE_FRAC={frac}", dict(changes)
     for _ in range(2):
         for name in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_embed"):
-            bits = changes.get(name, getattr(cfg, name))
-            if 3 < bits:
+            if 3 < (bits := changes.get(name, getattr(cfg, name))):
                 changes[name] = 8 if bits == 16 else bits - 1
                 yield f"{name.upper()}={changes[name]}", dict(changes)
 
@@ -1950,17 +1824,15 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
     """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on
     sizes. With FIT_TO_CAP, while code + artifact is over the cap, step down the ladder, logging each
     step's bytes and its cost in plain-eval bpb; the trained weights are restored afterwards."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
     def build(c: Config) -> tuple:
-        t0 = time.perf_counter()
-        entries = quantise_state(state, c, hessians, rt)
+        t0, entries = time.perf_counter(), quantise_state(state, c, hessians, rt)
         return entries, pack_artifact(entries, c, score), time.perf_counter() - t0
 
     def plain_bpb(entries) -> float:
         model.load_state_dict({e["name"]: torch.from_numpy(dequantize(e, {k: a.astype(np.float32) for k, a in
                                                                           e["arrays"].items()})) for e in entries})
         return evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)[1]
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     entries, blob, seconds = build(cfg)
     log(f"export: {len(blob)} bytes in {seconds:.1f}s (QUANT_METHOD={cfg.quant_method} QUANT_CLIP={cfg.quant_clip} "
         f"LQER_TOP_K={cfg.lqer_top_k} COMPRESSOR={cfg.compressor})")
@@ -1968,8 +1840,7 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
         last = plain_bpb(entries)
         for step, changes in cap_ladder(cfg):
             entries, blob, seconds = build(replace(cfg, **changes))
-            bpb = plain_bpb(entries)
-            fits = len(blob) + code_bytes <= SIZE_CAP_BYTES
+            bpb, fits = plain_bpb(entries), len(blob) + code_bytes <= SIZE_CAP_BYTES
             log(f"fit_to_cap: {step}: artifact {len(blob)} + code {code_bytes} = {len(blob) + code_bytes} bytes "
                 f"({'fits' if fits else 'over'} the cap), bpb cost {bpb - last:+.5f} (plain eval), {seconds:.1f}s")
             last = bpb
@@ -1993,8 +1864,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def read_artifact_header(path: str) -> tuple[dict, bytes]:
     """(validated header, the bytes after it) of an artifact whose checksum covers every byte."""
-    p = Path(path)
-    if p.is_dir():
+    if (p := Path(path)).is_dir():
         raise ArtifactError(f"{path}: a folder, not an artifact file")
     try:
         if p.stat().st_size > MAX_PAYLOAD_BYTES:
@@ -2027,21 +1897,19 @@ def check_header(h: dict, body_size: int) -> None:
     types = {"int": int, "float": (int, float), "bool": bool, "str": str}
     for group, names in (("model", MODEL_FIELDS), ("score", SCORE_FIELDS)):
         for k in names if group == "model" else h[group]:
-            f = ENV_NAMES[k.upper()]
-            v = h[group][k]
+            f, v = ENV_NAMES[k.upper()], h[group][k]
             if not isinstance(v, types[f.type]) or (f.type == "int" and isinstance(v, bool)):
                 raise ValueError(f"{group}.{k}={v!r} is not a {f.type}")
             if f.type == "float" and not math.isfinite(v) or (msg := allowed_problem(k.upper(), v, f.metadata["allowed"])):
                 raise ValueError(f"{group}.{k}: {msg or 'not finite'}")
     validate_config(replace(DEFAULTS, **h["model"], micro_batches=1, train_batch_tokens=h["model"]["train_seq_len"],
                             eval_stride=1, eval_seq_len=0, swa_every=0), 1)
-    streams, end = h["streams"], 0
+    streams = h["streams"]
     for s in streams:
         if s["codec"] not in ("zstd", "lzma", "brotli", "ans") or not isinstance(s["crc32"], int) or not all(
                 isinstance(s[k], int) and 0 <= s[k] <= MAX_PAYLOAD_BYTES for k in ("raw", "size")):
             raise ValueError(f"stream {s!r}: unknown codec or size outside [0, {MAX_PAYLOAD_BYTES}]")
-        end += s["size"]
-    if end != body_size:
+    if (end := sum(s["size"] for s in streams)) != body_size:
         raise ValueError(f"the streams declare {end} bytes, the file holds {body_size}")
     for t in h["tensors"]:
         shape, arrays = t["shape"], t["arrays"]
@@ -2066,8 +1934,7 @@ def check_header(h: dict, body_size: int) -> None:
 
 
 def read_artifact(path: str) -> tuple[dict, dict]:
-    """(header, float32 state dict) from an artifact. Only JSON and raw numbers are parsed: nothing in
-    the file is ever executed, and nothing is decompressed beyond the sizes the header declares."""
+    """(header, float32 state dict) of an artifact: parses JSON and raw numbers only, within the declared sizes."""
     header, body = read_artifact_header(path)
     streams, at = [], 0
     for s in header["streams"]:
@@ -2087,7 +1954,6 @@ def read_artifact(path: str) -> tuple[dict, dict]:
         state[t["name"]] = torch.from_numpy(dequantize(t, arrays))
     return header, state
 
-
 # ================================= evaluation =================================
 
 
@@ -2096,9 +1962,8 @@ class EvalError(Exception):
 
 
 def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window starts and, per window, the first position it scores. Window k covers targets
-    [start, start + seq_len) and scores only those no earlier window reached, so every target is
-    scored exactly once; stride = seq_len gives plain non-overlapping evaluation."""
+    """Window starts and, per window, the first position it scores: a window covers targets [start, start + seq_len)
+    and scores only those no earlier window reached (each exactly once); stride = seq_len is plain, non-overlapping."""
     if not 1 <= stride <= seq_len <= num_targets:
         raise EvalError(f"eval windows need 1 <= stride ({stride}) <= eval length ({seq_len}) <= validation "
                         f"targets ({num_targets}); fix EVAL_STRIDE / EVAL_SEQ_LEN")
@@ -2122,24 +1987,18 @@ def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int) -> 
 
 def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple:
     """(val_loss, val_bpb, seconds) of `evaluate`, timed to the end of the device work."""
-    rt.sync()
-    t0 = time.perf_counter()
+    t0 = rt.clock()
     loss, bpb = evaluate(model, val, cfg, rt, stride, log)
-    rt.sync()
-    return loss, bpb, time.perf_counter() - t0
+    return loss, bpb, rt.clock() - t0
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
-    """(val_loss in nats, val_bpb) over all validation targets, each scored once: batches are dealt
-    round-robin to the ranks, and the scored targets are counted and checked before any score is given."""
+    """(val_loss in nats, val_bpb) over every target once: batches dealt round-robin to ranks; scored count checked."""
     seq_len = cfg.eval_seq_len
-    batches = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs)
-    mine = batches[rt.rank::rt.world_size]
+    mine = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs)[rt.rank::rt.world_size]
     positions = torch.arange(seq_len, device=rt.device)
-    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # nll, bytes
-    scored = 0
-    was_training = model.training
+    sums, scored, was_training = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, model.training  # nll, bytes
     model.eval()
     t0 = time.perf_counter()
     for b, (first, starts) in enumerate(mine):
@@ -2175,18 +2034,15 @@ def documents(val: ValData) -> list[tuple[int, int]]:
     """(start, end) per document: its BOS is token `start` and its targets are tokens start+1 .. end (the
     last one the next document's BOS), so every target 1 .. num_targets is in exactly one document."""
     bos = torch.nonzero(val.tokens[1:val.num_targets].cpu() == BOS_ID).flatten().add(1).tolist()
-    starts = [0] + bos
-    return list(zip(starts, bos + [val.num_targets]))
+    return list(zip([0] + bos, bos + [val.num_targets]))
 
 
 def lora_targets(model: GPT, cfg: Config) -> list:
     """(module, in, out) that TTT adapts: per block Q, K, V, O and the MLP (a parallel adapter), and the head."""
-    chosen = []
+    chosen, flags = [], (cfg.ttt_q_lora, cfg.ttt_k_lora, cfg.ttt_v_lora, cfg.ttt_o_lora)
     for block in model.blocks:
-        for flag, m in ((cfg.ttt_q_lora, block.attn.q), (cfg.ttt_k_lora, block.attn.k), (cfg.ttt_v_lora, block.attn.v),
-                        (cfg.ttt_o_lora, block.attn.proj)):
-            if flag:
-                chosen.append((m, m.in_features, m.out_features))
+        chosen += [(m, m.in_features, m.out_features)
+                   for flag, m in zip(flags, (block.attn.q, block.attn.k, block.attn.v, block.attn.proj)) if flag]
         if cfg.ttt_mlp_lora:
             chosen.append((block.mlp, cfg.model_dim, cfg.model_dim))
     return chosen + ([(model, cfg.model_dim, cfg.vocab_size)] if cfg.ttt_head_lora else [])
@@ -2200,12 +2056,10 @@ def global_sgd(model: GPT, val: ValData, docs: list, cfg: Config, rt: Runtime) -
     per_step = max(1, cfg.global_ttt_chunk_tokens // cfg.eval_seq_len)
     steps, params = -(-len(seqs) // per_step), list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.global_ttt_lr, momentum=cfg.global_ttt_momentum)
-    model.requires_grad_(True)
-    model.train()
+    model.requires_grad_(True).train()
     for i in range(steps):
         opt.param_groups[0]["lr"] = cfg.global_ttt_lr * 0.5 * (1 + math.cos(math.pi * i / max(steps - 1, 1)))
-        mine = seqs[i * per_step:(i + 1) * per_step][rt.rank::rt.world_size]
-        if len(mine):
+        if len(mine := seqs[i * per_step:(i + 1) * per_step][rt.rank::rt.world_size]):
             with rt.autocast():
                 (model(mine[:, :-1], mine[:, 1:]).sum() / (per_step * cfg.eval_seq_len)).backward()
         for p in params:
@@ -2216,21 +2070,19 @@ def global_sgd(model: GPT, val: ValData, docs: list, cfg: Config, rt: Runtime) -
         torch._foreach_mul_([p.grad for p in params], (cfg.global_ttt_grad_clip / (norm + 1e-6)).clamp(max=1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
-    model.eval()
-    model.requires_grad_(False)
+    model.eval().requires_grad_(False)
     return steps
 
 
 def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt: bool, log, t_start: float,
                        trace: list | None = None) -> tuple:
-    """(val_loss, val_bpb, notes) with attention that never crosses a document: each batch row is one
-    document, scored chunk by chunk (EVAL_STRIDE tokens, or TTT_CHUNK_SIZE with TTT) from a window of at
-    most EVAL_SEQ_LEN of its own tokens. With `adapt` (EVAL_MODE=ttt) a chunk's losses are recorded
-    before its rows' LoRA adapters take an AdamW step on them (score first, then adapt); adapters start
-    afresh for each batch of documents (seeded by the batch, so any number of processes gives the same
-    result); with PHASED_TTT_NUM_PHASES the base weights take an SGD pass over documents already scored
-    at each phase boundary. If the forecast overruns EVAL_BUDGET_SECONDS, adaptation stops and every
-    remaining target is still scored. `trace` (tests) receives ("score"|"adapt", documents, chunk, losses)."""
+    """(val_loss, val_bpb, notes) with attention that never crosses a document: each batch row is one document, scored
+    chunk by chunk (EVAL_STRIDE tokens, or TTT_CHUNK_SIZE with TTT) from a window of at most EVAL_SEQ_LEN of its own
+    tokens. With `adapt` (EVAL_MODE=ttt) a chunk's losses are recorded before its rows' LoRA adapters take an AdamW step
+    on them (score first, then adapt); adapters start afresh per batch of documents (seeded by the batch: any process
+    count gives the same result); PHASED_TTT_NUM_PHASES: the base weights take an SGD pass over documents scored so far
+    at each phase boundary. If the forecast overruns EVAL_BUDGET_SECONDS, adaptation stops (all targets still scored).
+    `trace` (tests) gets ("score"|"adapt", documents, chunk, losses)."""
     docs, chunk, L = documents(val), cfg.ttt_chunk_size if adapt else cfg.eval_stride, cfg.eval_seq_len
     phases = cfg.phased_ttt_num_phases if adapt else 0
     bounds = sorted({min(cfg.phased_ttt_prefix_docs * k // phases, len(docs)) for k in range(1, phases + 1)} | {len(docs)})
@@ -2241,12 +2093,10 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
         lo_doc = hi
     targets, scale = lora_targets(model, cfg) if adapt else [], cfg.ttt_lora_alpha / cfg.ttt_lora_rank
     sums, scored, notes, times, total = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, [], [], sum(map(len, segments))
-    model.eval()
-    model.requires_grad_(False)
+    model.eval().requires_grad_(False)
     for k, segment in enumerate(segments):
         for r in range(0, len(segment), rt.world_size):  # a round: one batch per rank, then the ranks agree
-            batch = segment[r + rt.rank] if r + rt.rank < len(segment) else None
-            t0 = time.perf_counter()
+            batch, t0 = segment[r + rt.rank] if r + rt.rank < len(segment) else None, time.perf_counter()
             if batch is not None:
                 gen = torch.Generator().manual_seed(cfg.seed + 7919 * (sum(map(len, segments[:k])) + r + rt.rank))
                 params = [t.to(rt.device).requires_grad_() for _, i, o in targets for t in (
@@ -2262,8 +2112,7 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
                     b = torch.minimum(a + chunk, spans[live, 1] + 1)
                     lo = torch.maximum(spans[live, 0], b - 1 - L)
                     n = b - 1 - lo  # window lengths: the chunk's targets are the last b - a positions
-                    first = int((n - (b - a)).min())
-                    pos = torch.arange(int(n.max()), device=rt.device)
+                    first, pos = int((n - (b - a)).min()), torch.arange(int(n.max()), device=rt.device)
                     idx = (lo[:, None] + pos).clamp(max=val.num_targets - 1)
                     mask = (pos[first:] >= (n - (b - a))[:, None]) & (pos[first:] < n[:, None])
                     for (m, _, _), p_a, p_b in zip(targets, params[0::2], params[1::2]):
@@ -2317,12 +2166,12 @@ def select_kernels(cfg: Config, device: torch.device, bf16: bool) -> tuple[str, 
     """(their names for the log, the model's kernels): ATTN_BACKEND's attention; FUSED_KERNELS (auto: on CPU in bf16)."""
     name, attention = select_attention(cfg.attn_backend, device, bf16)
     fused = cfg.fused_kernels == "1" or (cfg.fused_kernels == "auto" and device.type == "cpu" and bf16)
-    return f"{name} kernels:{'fused' if fused else 'reference'}", (fused_kernels if fused else Kernels)(attention)
+    fns = (RMSNorm.apply, NormRotary.apply, SquaredAct.apply, HeadLoss.apply) if fused else ()
+    return f"{name} kernels:{'fused' if fused else 'reference'}", Kernels(attention, *fns)
 
 
 def build_model(cfg: Config, rt: Runtime, kernels: Kernels) -> tuple[GPT, nn.Module]:
-    """The model on the device and the callable used for training/eval (compiled when on: one graph per
-    shape and switch state, so looping, QAT and the evaluation shapes each compile once)."""
+    """(model on the device, callable for training/eval): compiled when on, one graph per shape and switch state."""
     torch.manual_seed(cfg.seed)
     model = GPT(cfg, kernels).to(rt.device)
     if cfg.compile != "1":
@@ -2333,8 +2182,7 @@ def build_model(cfg: Config, rt: Runtime, kernels: Kernels) -> tuple[GPT, nn.Mod
 
 def agree(rt: Runtime, error: str | None) -> None:
     """Fail on every rank if any rank failed, so none is left waiting in a collective."""
-    failed = all_ranks_max(rt, [float(error is not None)])[0]
-    if error or failed:
+    if all_ranks_max(rt, [float(error is not None)])[0] or error:  # the collective runs on every rank, always
         raise ConfigError(error or "another process failed; see its message")
 
 
@@ -2359,17 +2207,10 @@ def log_header(log, cfg: Config, rt: Runtime | None, mode: str, code: tuple, att
         log(f"warning: {w}")
 
 
-def launch_command(settings: dict, world_size: int) -> str:
-    env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in settings.items())
-    runner = f"torchrun --standalone --nproc_per_node={world_size}" if "LOCAL_RANK" in os.environ else "python3"
-    return f"{env} {runner} train_gpt.py".strip()
-
-
 def load_artifact_weights(model: nn.Module, path: str) -> None:
     """Load an artifact's weights, refused unless its tensors are exactly this model's."""
     _, state = read_artifact(path)
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: list(v.shape) for k, v in state.items()}
+    ours, theirs = ({k: list(v.shape) for k, v in sd.items()} for sd in (model.state_dict(), state))
     if ours != theirs:
         raise ArtifactError(f"{path}: its tensors do not match the model its header describes "
                             f"({len(set(map(str, ours.items())) ^ set(map(str, theirs.items())))} differ)")
@@ -2413,10 +2254,9 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     if over:
         log(f"error: total {total} bytes is {total - SIZE_CAP_BYTES} over the {SIZE_CAP_BYTES}-byte cap")
     summary.update(
-        roundtrip_val_loss=r_loss, roundtrip_val_bpb=r_bpb, val_loss=s_loss, val_bpb=s_bpb,
-        eval_stride=cfg.eval_stride, eval_seq_len=cfg.eval_seq_len, val_tokens=val.num_targets, val_full=val.full,
-        eval_time_s=s_time, artifact_bytes=artifact_bytes, code_bytes_counted=code_counted, bytes_total=total,
-        size_cap=SIZE_CAP_BYTES,
+        roundtrip_val_loss=r_loss, roundtrip_val_bpb=r_bpb, val_loss=s_loss, val_bpb=s_bpb, eval_stride=cfg.eval_stride,
+        eval_seq_len=cfg.eval_seq_len, val_tokens=val.num_targets, val_full=val.full, eval_time_s=s_time,
+        artifact_bytes=artifact_bytes, code_bytes_counted=code_counted, bytes_total=total, size_cap=SIZE_CAP_BYTES,
         over_cap=over, artifact_path=str(cfg.artifact_path), eval_mode=cfg.eval_mode, eval_notes=notes,
         eval_total_s=total_s)
     summary["total_eval_time_s"] = summary.get("total_eval_time_s", 0.0) + total_s
@@ -2431,8 +2271,7 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
 def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
     """Open logs/<RUN_ID>.txt on rank 0, refusing to overwrite an earlier run's log, artifact or any
     file at CHECKPOINT_PATH that is not the checkpoint being resumed."""
-    path = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt"
-    ckpt = Path(cfg.checkpoint_path)
+    path, ckpt = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt", Path(cfg.checkpoint_path)
     error, log = None, RunLog(None)
     if not rt.is_main:
         pass
@@ -2458,8 +2297,7 @@ def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
 
 
 def settings_from_artifact(cfg: Config, header: dict, environ=os.environ) -> tuple[Config, list[str]]:
-    """EVAL_ONLY: the artifact's model and score settings; shape settings in the environment must agree,
-    and score settings given in the environment are used but reported (the score is then not a re-score)."""
+    """EVAL_ONLY: the artifact's settings; env shape settings must agree, env score settings are used but reported."""
     clash = [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in header["model"].items()
              if k.upper() in environ and getattr(cfg, k) != v]
     if clash:
@@ -2467,18 +2305,15 @@ def settings_from_artifact(cfg: Config, header: dict, environ=os.environ) -> tup
     score = header["score"]
     overridden = [f"{k.upper()}={getattr(cfg, k)} (the artifact's run used {v})" for k, v in score.items()
                   if k.upper() in environ and getattr(cfg, k) != v]
-    kept = {k: v for k, v in score.items() if k.upper() not in environ}
-    return replace(cfg, **header["model"], **kept), overridden
+    return replace(cfg, **header["model"], **{k: v for k, v in score.items() if k.upper() not in environ}), overridden
 
 
 def memory_estimate(cfg: Config) -> tuple[float, float, int]:
-    """(training, evaluation) peak bytes per process estimated from the shapes, and the parameter count.
-    Deliberately modest: it exists to refuse sizes that cannot fit, not to predict the peak."""
+    """(training, evaluation) peak bytes per process from the shapes, parameter count: modest, to refuse misfits."""
     with torch.device("meta"):
         params = sum(p.numel() for p in GPT(cfg).parameters())
     hidden, tokens = int(cfg.mlp_mult * cfg.model_dim), cfg.train_batch_tokens // cfg.micro_batches
-    per_token = cfg.num_layers * (8 * cfg.model_dim + 2 * hidden) * 2 + cfg.vocab_size * 8
-    train = 20 * params + tokens * per_token
+    train = 20 * params + tokens * (cfg.num_layers * (8 * cfg.model_dim + 2 * hidden) * 2 + cfg.vocab_size * 8)
     evaluate = 8 * params + cfg.eval_batch_seqs * (cfg.eval_seq_len or cfg.train_seq_len) * (cfg.vocab_size * 8 + cfg.model_dim * 16)
     return train, evaluate, params
 
@@ -2509,10 +2344,8 @@ def check_memory(cfg: Config, device: torch.device) -> None:
 
 
 def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
-    """The configuration actually used: environment, then (EVAL_ONLY) the artifact's settings, then
-    every check. Returns it with warnings and the score settings that differ from the artifact's."""
-    cfg, warnings = config_from_env(environ)
-    overridden = []
+    """(config, warnings, overridden score settings): environment, then (EVAL_ONLY) the artifact's, then every check."""
+    (cfg, warnings), overridden = config_from_env(environ), []
     if cfg.eval_only and cfg.artifact_path:
         cfg, overridden = settings_from_artifact(cfg, read_artifact_header(cfg.artifact_path)[0], environ)
     validate_config(cfg, int(environ.get("WORLD_SIZE", "1")))
@@ -2534,16 +2367,17 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     # Inputs are checked on every rank before any process group or model exists.
     check_memory(cfg, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
                  else torch.device("cpu"))
-    sp = load_tokenizer(cfg)
-    tokenizer_record = check_tokenizer_record(cfg)
+    sp, tokenizer_record = load_tokenizer(cfg), check_tokenizer_record(cfg)
     val_files = find_shards(cfg.data_path, "val")
     train_files = [] if cfg.eval_only else find_shards(cfg.data_path, "train")
     for i, f in enumerate(train_files):  # headers of all; token ids of the first (the others as they are reached)
         open_shard(f, None if i else cfg.vocab_size)
-    tables = byte_tables(sp, cfg.vocab_size)
-    rt = init_runtime(cfg)
+    tables, rt = byte_tables(sp, cfg.vocab_size), init_runtime(cfg)
     cfg.compile = "1" if cfg.compile == "1" or (cfg.compile == "auto" and rt.device.type == "cuda") else "0"
-    cfg.run_id = broadcast_str(rt, cfg.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6])
+    run_id = [cfg.run_id or time.strftime("%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]]
+    if rt.world_size > 1:  # every rank takes rank 0's (a generated id differs per rank)
+        dist.broadcast_object_list(run_id, src=0, group=rt.host_group)
+    cfg.run_id = run_id[0]
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
     attention_name, kernels = select_kernels(cfg, rt.device, rt.autocast_dtype is not None)
@@ -2551,8 +2385,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
     audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
     model, run_model = build_model(cfg, rt, kernels)
-    artifact_load_s = 0.0
-    resume = load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
+    artifact_load_s, resume = 0.0, load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
     if cfg.eval_only:  # the whole artifact is checked before anything is written
         t0 = time.perf_counter()
         load_artifact_weights(model, cfg.artifact_path)
@@ -2576,28 +2409,24 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
             f"; warning: {forecast + code_counted - SIZE_CAP_BYTES} bytes over: " + (
                 "the export will step down until it fits (FIT_TO_CAP=1)" if cfg.fit_to_cap else
                 "set FIT_TO_CAP=1, PRUNE_FRAC or fewer QUANT_BITS_*")))
-    name = device_name(rt.device)
+    name, env = device_name(rt.device), " ".join(f"{k}={shlex.quote(str(v))}" for k, v in user_settings.items())
+    runner = f"torchrun --standalone --nproc_per_node={rt.world_size}" if "LOCAL_RANK" in os.environ else "python3"
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
                    config={k.upper(): v for k, v in asdict(cfg).items()}, non_default=user_settings,
-                   launch=launch_command(user_settings, rt.world_size), world_size=rt.world_size, device=rt.device.type,
+                   launch=f"{env} {runner} train_gpt.py".strip(), world_size=rt.world_size, device=rt.device.type,
                    device_name=name, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                    flash_attn=package_version("flash_attn_interface" if attention_name == "fa3" else "flash_attn")
                    if attention_name.startswith("fa") else None, numpy=np.__version__, sentencepiece=spm.__version__,
                    zstandard=zstandard.__version__, compressor_packages={cfg.compressor: package_version(cfg.compressor)}
-                   if cfg.compressor != "zstd" else {},
-                   hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
-                             else f"{rt.world_size}x CPU process ({name})"),
+                   if cfg.compressor != "zstd" else {}, hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
+                                                                  else f"{rt.world_size}x CPU process ({name})"),
                    model_params=params, rescore_overrides=overridden, steps=0, step_avg_ms=0.0, train_time_s=0.0,
                    stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None, artifact_load_s=artifact_load_s)
     if not cfg.eval_only:
-        figures = train(cfg, rt, log, model, run_model, train_files, val, resume)
-        hessians = None
+        figures, hessians = train(cfg, rt, log, model, run_model, train_files, val, resume), None
         if cfg.quant_method == "gptq":  # calibration reads training data: it belongs to the training budget
-            rt.sync()
-            t0 = time.perf_counter()
-            hessians = collect_hessians(model, figures["loader"], cfg, rt)
-            rt.sync()
-            seconds, trained = time.perf_counter() - t0, figures["train_time_ms"] / 1000
+            t0, hessians = rt.clock(), collect_hessians(model, figures["loader"], cfg, rt)
+            seconds, trained = rt.clock() - t0, figures["train_time_ms"] / 1000
             log(f"gptq: Hessians of {len(hessians)} matrices from {cfg.gptq_calibration_batches} training batches in "
                 f"{seconds:.1f}s; training {trained:.1f}s + calibration {seconds:.1f}s = {trained + seconds:.1f}s"
                 + (f" of the {cfg.max_wallclock_seconds:g}s cap" if cfg.max_wallclock_seconds else ""))
@@ -2633,18 +2462,15 @@ ERROR_KINDS = {ConfigError: ("configuration error", 2), DataError: ("data error"
 
 
 def main(environ=os.environ) -> int:
-    is_main = int(environ.get("RANK", "0")) == 0
-    log_box = [RunLog(None)]
-
     def fail(kind: str, message: str) -> None:
         if is_main:
             if log_box[0].file:  # the log of a run that started ends by saying it failed, and why
                 log_box[0].file.write(f"run failed: {kind}: {message}\n")
                 log_box[0].file.flush()
             print(f"train_gpt.py: {kind}: {message}", file=sys.stderr, flush=True)
+    is_main, log_box = int(environ.get("RANK", "0")) == 0, [RunLog(None)]
     try:
-        cfg, warnings, overridden = resolve_config(environ)
-        return run(cfg, warnings, overridden, log_box)
+        return run(*resolve_config(environ), log_box)  # resolve_config: (cfg, warnings, overridden)
     except tuple(ERROR_KINDS) as e:
         kind, status = ERROR_KINDS[type(e)]
         fail(kind, str(e))
@@ -2665,9 +2491,8 @@ def main(environ=os.environ) -> int:
 if __name__ == "__main__":
     status = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Once DDP has run, destroy_process_group() leaves gloo's threads alive and interpreter
-        # teardown sometimes aborts on them ("terminate called without an active exception").
-        # Everything is written and flushed by now, so skip that teardown.
+        # Once DDP has run, destroy_process_group() leaves gloo's threads alive and interpreter teardown sometimes
+        # aborts on them ("terminate called without an active exception"); all is flushed by now, so skip it.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

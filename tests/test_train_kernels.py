@@ -54,7 +54,7 @@ def test_squared_activation(slope):
 @pytest.mark.parametrize("cap", [30.0, 2.0, 0.0])
 def test_head_loss_in_row_blocks_equals_cross_entropy_of_capped_logits(monkeypatch, cap):
     """Against an independent fp64 cross-entropy of cap * tanh(z / cap), in several row blocks (5 rows each)."""
-    monkeypatch.setattr(tg.HeadLoss, "ROWS", 5)
+    monkeypatch.setattr(tg, "HEAD_ROWS", 5)
     torch.manual_seed(0)
     x, w, t = f64(2, 7, 8, scale=3.0), f64(50, 8), torch.randint(0, 50, (2, 7))
 
@@ -72,7 +72,7 @@ def test_fused_model_equals_the_reference_model_and_stays_close_in_bf16():
     for cfg in (tiny(), tiny(rope_dims=4, mlp_act="leaky_relu2", xsa_last_n=1, ln_scale=True, logit_softcap=0.0)):
         torch.manual_seed(0)
         reference = tg.GPT(cfg)
-        fused = tg.GPT(cfg, tg.fused_kernels(tg.MatmulAttention.apply))
+        fused = tg.GPT(cfg, tg.select_kernels(tg.Config(fused_kernels="1"), torch.device("cpu"), True)[1])
         fused.load_state_dict(reference.state_dict())
         x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
         losses = []

@@ -95,8 +95,8 @@ def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries(monkeypatch, r
     """Outputs and all three gradients against PyTorch's SDPA in fp64, for full-length queries and for
     the last positions only (sliding evaluation), plus a numerical gradient check of the hand-written backward;
     the backward in one block of queries and in several (whole and ragged), each against only the keys it sees."""
-    if rows:  # the block size follows SCORES / (batch * kv heads * heads per kv head * keys) = SCORES / 96 here
-        monkeypatch.setattr(tg.MatmulAttention, "SCORES", rows * 2 * 2 * 2 * 12)
+    if rows:  # the block size follows ATTENTION_BLOCK_SCORES / (batch * kv heads * heads per kv head * keys) = SCORES / 96 here
+        monkeypatch.setattr(tg, "ATTENTION_BLOCK_SCORES", rows * 2 * 2 * 2 * 12)
     for tq in (12, 5):
         q, k, v = attention_inputs(tq)
         assert torch.autograd.gradcheck(tg.MatmulAttention.apply, (q, k, v))
