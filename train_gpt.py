@@ -665,13 +665,13 @@ class QATLinear(nn.Linear):
         if self.qat and self.training:
             q, scale = quantize_rows(w.detach(), *self.qat)
             w = w + (q.float() * scale.float() - w).detach()
-        return F.linear(x, w) + lora_delta(x, self.lora)
+        return add_lora(F.linear(x, w), x, self.lora)
 
 
-def lora_delta(x: torch.Tensor, lora) -> torch.Tensor | float:
-    """Test-time training's per-document low-rank update (x A^T) B^T * scale, one adapter per batch row
-    (A: rows x rank x in, B: rows x out x rank); 0 without one."""
-    return 0.0 if lora is None else torch.bmm(torch.bmm(x, lora[0].mT.to(x.dtype)), lora[1].mT.to(x.dtype)) * lora[2]
+def add_lora(y: torch.Tensor, x: torch.Tensor, lora) -> torch.Tensor:
+    """y + test-time training's per-document low-rank update (x A^T) B^T * scale, one adapter per batch row
+    (A: rows x rank x in, B: rows x out x rank); y itself without one (no pass over it)."""
+    return y if lora is None else y + torch.bmm(torch.bmm(x, lora[0].mT.to(x.dtype)), lora[1].mT.to(x.dtype)) * lora[2]
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -724,7 +724,7 @@ def softcap(z: torch.Tensor, cap: float) -> torch.Tensor:
 
 def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, lora=None) -> torch.Tensor:
     """Per-token NLL of `targets` under the softcapped logits x W^T (+ the TTT adapter): cross-entropy in fp32."""
-    logits = softcap(F.linear(x, weight) + lora_delta(x, lora), cap)  # compute dtype
+    logits = softcap(add_lora(F.linear(x, weight), x, lora), cap)  # compute dtype
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
 
 # FUSED_KERNELS: rms_norm and head_loss with hand-written backwards and fewer passes over memory (on CPU, where
@@ -959,7 +959,7 @@ class MLP(nn.Module):
         self.slope, self.lora = cfg.mlp_leaky_slope if cfg.mlp_act == "leaky_relu2" else None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc(x), self.slope)) + lora_delta(x, self.lora)
+        return add_lora(self.proj(self.act(self.fc(x), self.slope)), x, self.lora)
 
 
 class Block(nn.Module):
