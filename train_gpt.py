@@ -727,8 +727,8 @@ def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap:
     logits = softcap(add_lora(F.linear(x, weight), x, lora), cap)  # compute dtype
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
 
-# FUSED_KERNELS: rms_norm and head_loss with hand-written backwards and fewer passes over memory (on CPU, where
-# nothing fuses elementwise work, such passes take most of a step's time).
+# FUSED_KERNELS: rms_norm, norm_rotary, squared_act and head_loss with hand-written backwards and fewer passes over
+# memory (on CPU, where nothing fuses elementwise work, such passes take most of a step's time).
 
 
 class RMSNorm(torch.autograd.Function):
@@ -741,9 +741,10 @@ class RMSNorm(torch.autograd.Function):
         return ms.add_(torch.finfo(acc).eps).rsqrt_().to(x.dtype)
 
     @staticmethod
-    def grad(g, y, scale):
-        """d/dx of rms_norm(x) = y = x * scale, given dL/dy: scale * (g - y * mean(g * y))."""
-        return torch.addcmul(g, y, torch.linalg.vecdot(g, y)[..., None], value=-1 / y.size(-1)).mul_(scale)
+    def grad(g, y, scale, dot=None):
+        """d/dx of rms_norm(x) = y = x * scale, given dL/dy: scale * (g - y * mean(g * y)) (dot: g . y per row)."""
+        dot = torch.linalg.vecdot(g, y) if dot is None else dot
+        return torch.addcmul(g, y, dot[..., None], value=-1 / y.size(-1)).mul_(scale)
 
     @staticmethod
     def forward(ctx, x):
@@ -775,9 +776,8 @@ class NormRotary(torch.autograd.Function):
         u = torch.addcmul(g * cos, swap_halves(g, ctx.half), sin, value=-1)  # dL/d(rotated y), before the gain
         if gain is None:
             return RMSNorm.grad(u, y, scale), None, None, None, None
-        c = torch.linalg.vecdot(u, y)  # dL/dgain per row
-        dx = torch.addcmul(u, y, c[..., None], value=-1 / y.size(-1)).mul_(scale * gain.to(y.dtype)[:, None])
-        return dx, None, None, None, c.flatten(0, -2).sum(0, dtype=gain.dtype)
+        c = torch.linalg.vecdot(u, y)  # dL/dgain per row; rms_norm's input gradient is that of gain * u
+        return RMSNorm.grad(u, y, scale * gain[:, None].to(y.dtype), c), None, None, None, c.sum((0, 1), dtype=gain.dtype)
 
 
 class SquaredAct(torch.autograd.Function):
@@ -1190,6 +1190,10 @@ class Muon(torch.optim.Optimizer):
         self.gathered = torch.zeros(rt.world_size * self.shard, dtype=torch.bfloat16, device=params[0].device)
         local = self.gathered[rt.rank * self.shard:(rt.rank + 1) * self.shard]
         self.local = local.clone() if rt.world_size > 1 else local  # all-gather reads its own buffer
+        self.batches = {}  # this rank's matrices by shape: each shape is orthogonalised as one batch
+        for i, (owner, _) in enumerate(self.slots):
+            if owner == rt.rank:
+                self.batches.setdefault(tuple(params[i].shape), []).append(i)
 
     def bytes_per_step(self) -> int:
         """Bytes each rank sends in the update all-gather."""
@@ -1202,11 +1206,7 @@ class Muon(torch.optim.Optimizer):
         bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
         torch._foreach_mul_(bufs, mu)
         torch._foreach_add_(bufs, [p.grad for p in params])
-        mine = {}
-        for i, (owner, _) in enumerate(self.slots):
-            if owner == self.rt.rank:
-                mine.setdefault(params[i].shape, []).append(i)
-        for (rows, cols), idx in mine.items():
+        for (rows, cols), idx in self.batches.items():
             g = torch.stack([params[i].grad.add(bufs[i], alpha=mu) for i in idx])  # Nesterov
             g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7) if self.row_normalize else g
             u = self.orthogonalise(g, group["steps"], self.coefficients) * max(1.0, rows / cols) ** 0.5
@@ -2381,7 +2381,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     cfg.artifact_path = cfg.artifact_path or f"logs/{cfg.run_id}.ptz"
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
     attention_name, kernels = select_kernels(cfg, rt.device, rt.autocast_dtype is not None)
-    cfg.fused_kernels = "1" if kernels.rms_norm == RMSNorm.apply else "0"
+    cfg.fused_kernels = "0" if kernels.rms_norm is rms_norm else "1"
     val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
     audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
     model, run_model = build_model(cfg, rt, kernels)
