@@ -7,9 +7,11 @@ environment variable (the upper-case name of a `Config` field). Runs on CUDA (NC
 """
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import ctypes
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -59,6 +61,7 @@ class Config:
     seed: int = S(1337, "[0, 4294967295]")
     val_max_tokens: int = S(0, "[0, inf)")  # 0 = whole validation split (the only official score)
     bpb_audit: bool = S(True, "0|1")
+    caseops_enabled: bool = S(False, "0|1")  # CaseOps data: bits per byte from the original text's byte sidecar
     dry_run: bool = S(False, "0|1")
     eval_only: bool = S(False, "0|1")
     artifact_path: str = S("", "path")  # "" -> logs/<RUN_ID>.ptz
@@ -113,6 +116,7 @@ class Config:
     bigram_dim: int = S(96, "[1, 1048576]")
     smear_gate: bool = S(True, "0|1")
     unet_skips: bool = S(True, "0|1")
+    doc_mask: bool = S(False, "0|1")  # training attention never crosses a BOS (document-masked, as the record)
     # model: the frontier's ideas, each a switch (names as in the public records)
     xsa_last_n: int = S(0, "[0, 1024]")
     rope_dims: int = S(0, "[0, 1048576]")  # 0 = every head dim rotates
@@ -178,7 +182,7 @@ class Config:
     code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
     # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
-    attn_backend: str = S("auto", "auto|fa3|fa2|sdpa|matmul")
+    attn_backend: str = S("auto", "auto|fa3|fa2|sdpa|matmul|flex")
     fused_kernels: str = S("auto", "auto|0|1")  # auto = on for CPU in bf16
     cpu_dtype: str = S("bf16", "bf16|fp32")
     # checkpoints
@@ -192,7 +196,8 @@ MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_he
                 "rope_base", "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate",
                 "unet_skips", "train_seq_len", "xsa_last_n", "rope_dims", "ln_scale", "mlp_act", "mlp_leaky_slope",
                 "smear_gate_enabled", "gate_window", "sparse_attn_gate_enabled", "sparse_attn_gate_scale",
-                "skip_gates_enabled", "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end")
+                "skip_gates_enabled", "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end",
+                "doc_mask", "caseops_enabled")
 # Fields that change the score of given weights: stored in the artifact, the defaults of EVAL_ONLY.
 SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_tokens", "cpu_dtype", "compile",
                 "attn_backend", "fused_kernels", "eval_mode", "eval_budget_seconds", "ttt_chunk_size", "ttt_batch_size", "ttt_lora_rank",
@@ -203,15 +208,16 @@ SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_token
 # Recipes: tables of defaults applied before the environment: `classic`, the design card's (the published 12-layer
 # int5-MLP one: the field defaults); `frontier`, the 1.0611 bpb record's (FRONTIER.md) as it ran, where implemented.
 RECIPES = {"classic": {}, "frontier": dict(
-        data_path="./data/datasets/fineweb10B_sp8192", tokenizer_path="./data/tokenizers/fineweb_8192_bpe.model",
-        vocab_size=8192, num_layers=11, mlp_mult=4.0, train_seq_len=2048, train_batch_tokens=786_432, val_loss_every=0,
+        data_path="./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved", caseops_enabled=True,
+        tokenizer_path="./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model", vocab_size=8192,
+        doc_mask=True, num_layers=11, mlp_mult=4.0, train_seq_len=2048, train_batch_tokens=786_432, val_loss_every=0,
         qk_gain_init=5.0, bigram_vocab_size=0, smear_gate=False, xsa_last_n=11, rope_dims=16, ln_scale=True,
         mlp_act="leaky_relu2", smear_gate_enabled=True, sparse_attn_gate_enabled=True, sparse_attn_gate_scale=0.5,
         skip_gates_enabled=True, parallel_start_layer=8, num_loops=2, loop_start=3, loop_end=5, enable_looping_at=0.35,
         matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03, muon_momentum=0.97, muon_ns="polar",
         muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
         ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7, quant_method="gptq",
-        quant_clip="sdclip", gptq_reserve_seconds=5.0, lqer_top_k=3, compressor="ans", code_bytes="packed",
+        quant_clip="sdclip", lqer_top_k=3, compressor="ans", code_bytes="packed",
         eval_mode="ttt", phased_ttt_num_phases=3)}
 # Names other public scripts use, with what this one reads instead (warned about, never silently ignored).
 FOREIGN_NAMES = {"WEIGHT_DECAY": "use MUON_WD, ADAM_WD and EMBED_WD", "SWA_ENABLED": "use SWA_EVERY (0 = off)",
@@ -261,6 +267,25 @@ def allowed_problem(name: str, value, allowed: str) -> str | None:
         return (f"{name}={value!r} is not a plain name: use letters, digits, '.', '_' or '-' "
                 "(at most 100, no '/' or leading '.'), e.g. RUN_ID=l12_seed42")
     return None
+
+
+def field_problems(obj, schema: dict, where: str) -> list[str]:
+    """Why `obj`, a mapping read from a file we write, does not fit `schema` {field: (kinds, check or None)}: a field
+    missing, of another kind (a bool is no int, a float must be finite), or failing its check (a bool predicate)."""
+    if not isinstance(obj, dict):
+        return [f"{where} is {type(obj).__name__}, not a mapping"]
+    out = []
+    for name, (kinds, check) in schema.items():
+        kinds, v = kinds if isinstance(kinds, tuple) else (kinds,), obj.get(name, ...)
+        if v is ...:
+            out.append(f"{where}: field {name!r} is missing")
+        elif not isinstance(v, kinds) or isinstance(v, bool) and bool not in kinds or (
+                isinstance(v, float) and not math.isfinite(v)):
+            out.append(f"{where}: field {name!r} is {type(v).__name__} {str(v)[:40]!r}, expected "
+                       + " or ".join(k.__name__ for k in kinds))
+        elif check is not None and not check(v):
+            out.append(f"{where}: field {name!r} = {str(v)[:40]!r} is out of range or inconsistent")
+    return out
 
 
 def recipe_defaults(recipe: str) -> Config:
@@ -491,7 +516,7 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
 def find_shards(data_path: str, split: str) -> list[Path]:
     if Path(data_path).is_file():
         raise DataError(f"DATA_PATH={data_path} is a file: point it at the folder that holds the shards")
-    if not (files := sorted(Path(data_path).glob(f"fineweb_{split}_*.bin"))):
+    if not (files := sorted(Path(data_path).glob(f"fineweb_{split}_[0-9]*.bin"))):
         raise DataError(f"no fineweb_{split}_*.bin shards in DATA_PATH={data_path}: {FETCH_HINT}")
     return files
 
@@ -564,20 +589,61 @@ def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
 def check_tokenizer_record(cfg: Config) -> str | None:
     """Compare TOKENIZER_PATH with the sha256 recorded next to the shards when they were built or
     downloaded (DATA_PATH/tokenizer.sha256, or the builder's manifest.json); the record's name if any."""
-    folder, digest = Path(cfg.data_path), None
+    folder, sha256 = Path(cfg.data_path), (str, lambda v: re.fullmatch(r"[0-9a-f]{64}", v))
     if (record := folder / "tokenizer.sha256").is_file():
-        digest, _, name = record.read_text().strip().partition("  ")
-    else:
+        if not (m := re.fullmatch(r"([0-9a-f]{64})  ([^/\n]+)\n?", record.read_text(errors="replace"))):
+            raise DataError(f"{record} is not one line '<64 hex digits>  <tokenizer file name>': rebuild or download "
+                            "the data again, or delete the file to skip this check")
+        digest, name = m.groups()
+    elif (record := folder / "manifest.json").is_file():
         try:
-            entry = json.loads((folder / "manifest.json").read_text())["tokenizer"]
-            digest, name, record = entry["sha256"], Path(entry["model_path"]).name, folder / "manifest.json"
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            manifest = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{record} cannot be read as JSON ({e}): rebuild the data or delete the file") from None
+        if isinstance(manifest, dict) and "tokenizer" not in manifest:
+            return None  # not a builder's manifest: nothing recorded
+        entry = manifest.get("tokenizer") if isinstance(manifest, dict) else manifest
+        if problems := field_problems(entry, dict(sha256=sha256, model_path=(str, None)), f"{record}: tokenizer"):
+            raise DataError(problems[0] + ": rebuild the data or delete the file")
+        digest, name = entry["sha256"], Path(entry["model_path"]).name
+    else:
+        return None
     if (actual := hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()) != digest:
         raise DataError(f"TOKENIZER_PATH={cfg.tokenizer_path} (sha256 {actual[:12]}...) is not the tokenizer the "
                         f"shards in DATA_PATH={cfg.data_path} were made with: {record} records {name} "
                         f"(sha256 {digest[:12]}...); point TOKENIZER_PATH at that file")
     return str(record)
+
+
+CASE_OPS = "\ue001\ue002\ue003\ue004"  # CaseOps' operators: TITLE, ALLCAPS, CAPNEXT, ESC (CASEOPS_ENABLED)
+CASE_OPS_RE = re.compile("\ue004(.)|\ue002([a-z]+)|[\ue001\ue003]([a-z])|[\ue001-\ue004]", re.S)
+
+
+def caseops_decode(text: str) -> str:
+    """The original of CaseOps-transformed text: TITLE / CAPNEXT capitalise the ASCII letter after them, ALLCAPS the run
+    of ASCII letters after it, ESC makes the next character literal. An operator with nothing to act on (the tokenizer's
+    normalisation can make one: TITLE + "E" + U+0301 becomes TITLE + "é") stands for nothing, as in the byte sidecar."""
+    return CASE_OPS_RE.sub(lambda m: m[1] or (m[2] or m[3] or "").upper(), text)
+
+
+def byte_sidecars(cfg: Config, sp: spm.SentencePieceProcessor, val_files: list[Path]) -> list[Path]:
+    """CASEOPS_ENABLED's per-token byte counts of the original text, one fineweb_val_bytes_N.bin per val shard (none
+    for plain data); refused unless the switch, the tokenizer's reserved operators and the sidecars agree."""
+    files, path = sorted(Path(cfg.data_path).glob("fineweb_val_bytes_[0-9]*.bin")), cfg.data_path
+    reserved = all(sp.piece_to_id(op) != sp.unk_id() for op in CASE_OPS)
+    if cfg.caseops_enabled and not (reserved and files):
+        raise DataError(f"CASEOPS_ENABLED=1 but " + (f"TOKENIZER_PATH={cfg.tokenizer_path} does not reserve CaseOps' "
+                        "operators" if not reserved else f"DATA_PATH={path} has no fineweb_val_bytes_*.bin byte "
+                        "sidecar") + ": use CaseOps data (`python3 data/build_dataset.py --caseops`, or download "
+                        "--variant sp8192_caseops), or CASEOPS_ENABLED=0 for plain data")
+    if not cfg.caseops_enabled and (reserved or files):
+        raise DataError((f"DATA_PATH={path} holds a byte sidecar ({files[0].name})" if files else f"TOKENIZER_PATH="
+                         f"{cfg.tokenizer_path} reserves CaseOps' operators") + ": it is CaseOps data; set "
+                        "CASEOPS_ENABLED=1 (bits per byte then count the original text's bytes)")
+    if [f.name.replace("val_bytes_", "val_") for f in files] != [f.name for f in val_files] if files else False:
+        raise DataError(f"DATA_PATH={path}: the byte sidecars {[f.name for f in files]} do not pair one to one with "
+                        f"the val shards {[f.name for f in val_files]}: rebuild or download the data again")
+    return files
 
 
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -605,9 +671,10 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
 
 
 def audit_tokenizer(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, cfg: Config,
-                    max_docs: int = 256) -> int:
+                    max_docs: int = 256, sidecar: np.ndarray | None = None) -> int:
     """Decode the first whole validation documents: re-encoding them must give back the same ids (the tokenizer is the
-    one the data was made with; at most 5% may differ, for text it normalises) and the byte table their UTF-8 length."""
+    one the data was made with; at most 5% may differ, for text it normalises) and the byte table (CaseOps: the byte
+    sidecar) their UTF-8 length (CaseOps: of the original text, inverse-transformed)."""
     if len(starts := np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]) < 2:
         raise DataError("BPB audit: the validation tokens hold no whole BOS-delimited document; "
                         "set BPB_AUDIT=0 to skip the check (the score is then unaudited)")
@@ -617,12 +684,14 @@ def audit_tokenizer(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, 
         raise DataError(f"BPB audit: only {same} of {len(docs)} validation documents re-encode to their ids with "
                         f"TOKENIZER_PATH={cfg.tokenizer_path}: the shards in DATA_PATH={cfg.data_path} were made "
                         "with another tokenizer; point TOKENIZER_PATH at the tokenizer of this dataset")
-    per_target = target_bytes(tokens[starts[0]:starts[-1]], tables)
+    per_target = target_bytes(tokens[starts[0]:starts[-1]], tables) if sidecar is None else sidecar[starts[0] + 1:]
     for d, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
-        counted, decoded = int(per_target[a - starts[0]:b - starts[0] - 1].sum()), len(texts[d].encode("utf-8"))
-        if counted != decoded:
+        decoded = len((texts[d] if sidecar is None else caseops_decode(texts[d])).encode("utf-8"))
+        if (counted := int(per_target[a - starts[0]:b - starts[0] - 1].sum())) != decoded:
             raise DataError(f"BPB audit: validation document {d} decodes to {decoded} UTF-8 bytes but the byte "
-                            f"table counts {counted}: TOKENIZER_PATH={cfg.tokenizer_path} does not match the data")
+                            f"{'table' if sidecar is None else 'sidecar'} counts {counted}: TOKENIZER_PATH="
+                            f"{cfg.tokenizer_path} does not match the data" + ("" if sidecar is None else " (or the "
+                            "sidecar was not made from these tokens: rebuild or download the data again)"))
     return len(docs)
 
 
@@ -634,8 +703,14 @@ class ValData:
     full: bool  # False when VAL_MAX_TOKENS cut the split
 
 
-def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device, unk_id: int = -1) -> ValData:
+def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, device, unk_id: int = -1,
+                    sidecars: list[Path] = ()) -> tuple[ValData, np.ndarray | None]:
+    """(the scored validation tokens with each target's bytes, CaseOps' byte sidecar of all of them or None)."""
     tokens = np.concatenate([open_shard(f, cfg.vocab_size) for f in files])
+    sidecar = np.concatenate([open_shard(f) for f in sidecars]).astype(np.int32) if sidecars else None
+    if sidecar is not None and (len(sidecar) != len(tokens) or sidecar[tokens == BOS_ID].any()):
+        raise DataError(f"DATA_PATH={cfg.data_path}: the byte sidecar holds {len(sidecar)} counts for {len(tokens)} "
+                        "val tokens, or counts bytes for a BOS: rebuild or download the data again")
     if unknown := (int(np.count_nonzero(tokens == unk_id)) if unk_id >= 0 else 0):
         raise DataError(f"the validation shards in DATA_PATH={cfg.data_path} hold {unknown} <unk> tokens (id "
                         f"{unk_id}): their bytes are unknown, so no exact bpb exists; rebuild the data with a "
@@ -646,8 +721,9 @@ def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, devic
         raise DataError(f"validation split has {len(tokens)} tokens, fewer than one eval window of "
                         f"{eval_len + 1}: use more validation data or a smaller EVAL_SEQ_LEN")
     tokens = tokens[:num_targets + 1]
+    per_target = target_bytes(tokens, tables) if sidecar is None else sidecar[1:num_targets + 1]
     return ValData(torch.from_numpy(tokens.astype(np.int32)).to(device),
-                   torch.from_numpy(target_bytes(tokens, tables).astype(np.int32)).to(device), num_targets, full)
+                   torch.from_numpy(per_target.astype(np.int32)).to(device), num_targets, full), sidecar
 
 # ==================================== model ====================================
 
@@ -834,12 +910,23 @@ class HeadLoss(torch.autograd.Function):
         return (dz @ weight).view(*ctx.shape, -1), dz.t() @ x, None, None
 
 
-def _sdpa(q, k, v):
-    """Causal attention over (B, T, heads, head_dim); queries may be the last positions only (aligned
-    to the end of the keys, as FlashAttention does)."""
+def segment_mask(docs, tq: int, tk: int):
+    """DOC_MASK for queries at the last tq of tk positions: (B, tq, tk) bool, True where a query may see a key (earlier
+    or itself, and of its own document segment); None (plain causal attention) without segments."""
+    if docs is None:
+        return None
+    pos = torch.arange(tk, device=docs.device)
+    return (docs[:, tk - tq:, None] == docs[:, None, :]) & (pos[tk - tq:, None] >= pos)
+
+
+def _sdpa(q, k, v, mask=None):
+    """Causal attention over (B, T, heads, head_dim), within document segments when given `segment_mask`'s mask;
+    queries may be the last positions only (aligned to the end of the keys, as FlashAttention does)."""
     tq, tk = q.size(1), k.size(1)
-    mask = None if tq == tk else torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+    if mask is None and tq != tk:
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       attn_mask=mask[:, None] if mask is not None and mask.dim() == 3 else mask,
                                        is_causal=mask is None, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
 
@@ -854,67 +941,121 @@ class MatmulAttention(torch.autograd.Function):
     the T x T work for many blocks), with the query heads of a kv head stacked along time (no k/v repeat)."""
 
     @staticmethod
-    def blocks(qh, kh, tq):
+    def blocks(qh, kh, tq, mask):
         """(query slice, its queries with heads stacked along time, the keys they see, probabilities) per block."""
-        rows = max(1, ATTENTION_BLOCK_SCORES // (qh.size(0) * qh.size(1) * kh.size(1)))
+        rows, (bkv, hpk), D = max(1, ATTENTION_BLOCK_SCORES // (qh.size(0) * qh.size(1) * kh.size(1))), qh.shape[:2], qh.size(3)
         for a in range(0, tq, rows):
             b = min(a + rows, tq)
-            qb, kb = qh[:, :, a:b].reshape(qh.size(0), -1, qh.size(3)), kh[:, :kh.size(1) - tq + b]
-            blocked = torch.ones(b - a, kb.size(1), dtype=torch.bool, device=qh.device).triu_(kb.size(1) - b + a + 1)
-            bias = qh.new_zeros(blocked.shape).masked_fill_(blocked, -math.inf).repeat(qh.size(1), 1)
-            yield slice(a, b), qb, kb, torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2), alpha=qh.size(3) ** -0.5), -1)
+            qb, kb = qh[:, :, a:b].reshape(bkv, -1, D), kh[:, :kh.size(1) - tq + b]
+            if mask is None:
+                seen = torch.ones(b - a, kb.size(1), dtype=torch.bool, device=qh.device).tril_(kb.size(1) - b + a)
+            else:  # per sequence: (B, rows, keys) -> one per kv head of each sequence
+                seen = mask[:, a:b, :kb.size(1)].repeat_interleave(bkv // mask.size(0), 0)
+            bias = qh.new_zeros(seen.shape).masked_fill_(~seen, -math.inf).repeat(*[1] * (seen.dim() - 2), hpk, 1)
+            yield slice(a, b), qb, kb, torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2), alpha=D ** -0.5), -1)
 
     @staticmethod
-    def forward(ctx, q, k, v):
-        ctx.save_for_backward(q, k, v)
-        return _sdpa(q, k, v)
+    def forward(ctx, q, k, v, mask=None):
+        ctx.save_for_backward(q, k, v, mask)
+        return _sdpa(q, k, v, mask)
 
     @staticmethod
     def backward(ctx, grad):
-        (q, k, v), (B, tq, H, D) = ctx.saved_tensors, grad.shape
+        (q, k, v, mask), (B, tq, H, D) = ctx.saved_tensors, grad.shape
         kv = k.size(2)
         qh = q.transpose(1, 2).reshape(B * kv, H // kv, tq, D)
         kh, vh = (t.transpose(1, 2).reshape(B * kv, -1, D) for t in (k, v))
-        gh, dq, dk, dv = grad.transpose(1, 2).reshape(qh.shape), torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
-        for rows, qb, kb, p in MatmulAttention.blocks(qh, kh, tq):
+        gh, dq = grad.transpose(1, 2).reshape(qh.shape), torch.empty_like(qh)
+        dk, dv = torch.zeros_like(kh), torch.zeros_like(vh)
+        for rows, qb, kb, p in MatmulAttention.blocks(qh, kh, tq, mask):
             gb, n = gh[:, :, rows].reshape(qb.shape), kb.size(1)
             ds = torch._softmax_backward_data(gb @ vh[:, :n].transpose(1, 2), p, -1, p.dtype)  # / sqrt(D) below
             dq[:, :, rows] = torch.baddbmm(qb, ds, kb, beta=0, alpha=D ** -0.5).view(dq[:, :, rows].shape)
             dk[:, :n].baddbmm_(ds.transpose(1, 2), qb, alpha=D ** -0.5)
             dv[:, :n].baddbmm_(p.transpose(1, 2), gb)
         dk, dv = (t.view(B, -1, k.size(1), D).transpose(1, 2) for t in (dk, dv))
-        return dq.view(B, H, tq, D).transpose(1, 2), dk, dv
+        return dq.view(B, H, tq, D).transpose(1, 2), dk, dv, None
+
+
+def flex_mask(docs, tq: int, tk: int):
+    """FlexAttention's block mask of `segment_mask` in a compiled model (blocks of other documents are skipped, not
+    computed); run eagerly (TTT), `segment_mask`'s, for SDPA; None without segments (plain causal SDPA)."""
+    if docs is None or not torch.compiler.is_compiling():
+        return segment_mask(docs, tq, tk)
+    from torch.nn.attention.flex_attention import create_block_mask
+    return create_block_mask(lambda b, h, i, j: (j <= i + tk - tq) & (docs[b, i + tk - tq] == docs[b, j]),
+                             docs.size(0), None, tq, tk, device=docs.device)
+
+
+def flex(q, k, v, mask=None):
+    if mask is None or isinstance(mask, torch.Tensor):
+        return _sdpa(q, k, v, mask)
+    from torch.nn.attention.flex_attention import flex_attention
+    return flex_attention(*(t.transpose(1, 2) for t in (q, k, v)), block_mask=mask,
+                          enable_gqa=k.size(2) != q.size(2)).transpose(1, 2)
+
+
+@torch.compiler.disable  # a host sync: the segments' count
+def varlen_mask(docs, tq: int, tk: int):
+    """(cu_seqlens_q, cu_seqlens_k, tq, tk) of variable-length FlashAttention over the segments of `segment_mask` (rows
+    flattened; a segment's queries are its positions among the last tq); None without segments."""
+    if docs is None:
+        return None
+    B, starts = docs.size(0), F.pad(docs[:, 1:] != docs[:, :-1], (1, 0), value=True)
+    at = torch.nonzero(starts.flatten()).flatten()  # segment starts in the flattened rows (a host sync)
+    ends = torch.cat((at[1:], at.new_tensor([B * tk])))
+    row_q0 = at // tk * tk + tk - tq  # where each segment's row begins to have queries
+    queries = (ends - torch.maximum(at, row_q0)).clamp(min=0)
+    cu_q, cu_k = (F.pad(torch.cumsum(n, 0), (1, 0)).int() for n in (queries, ends - at))
+    return cu_q, cu_k, tq, tk
 
 
 class Kernels(NamedTuple):
-    """The model's hot functions: causal attention(q, k, v) over (B, T, heads, head_dim), rms_norm, norm_rotary,
-    squared_act and head_loss: the reference ones (autograd through PyTorch's ops) or FUSED_KERNELS' (same maths)."""
+    """The model's hot functions: causal attention(q, k, v, mask) over (B, T, heads, head_dim) with its mask builder
+    (DOC_MASK), rms_norm, norm_rotary, squared_act and head_loss: the reference ones (autograd through PyTorch's ops)
+    or FUSED_KERNELS' (same maths)."""
     attention: Callable
+    mask: Callable = segment_mask
     rms_norm: Callable = rms_norm
     norm_rotary: Callable = norm_rotary
     squared_act: Callable = squared_act
     head_loss: Callable = head_loss
 
 
-def select_attention(requested: str, device: torch.device, bf16: bool = True):
-    """(name, fn) with fn(q, k, v) -> causal attention over (B, T, heads, head_dim) tensors. auto: FlashAttention
-    3, else 2, else SDPA on CUDA; on CPU matmul in bf16, SDPA in fp32 (an absent package never fails the import)."""
-    auto = ["fa3", "fa2", "sdpa"] if device.type == "cuda" else ["matmul" if bf16 else "sdpa"]
+def select_attention(requested: str, device: torch.device, bf16: bool = True, docs: bool = False):
+    """(name, fn, mask builder): fn(q, k, v, mask) -> causal attention over (B, T, heads, head_dim) tensors, with
+    mask = builder(segment ids or None, tq, tk). auto on CUDA: FlashAttention 3, else 2, else SDPA; with DOC_MASK,
+    FlexAttention (fa3/fa2 on request: their variable-length kernels). On CPU: matmul in bf16, SDPA in fp32. An
+    absent package never fails the import."""
+    auto = (["flex"] if docs else ["fa3", "fa2", "sdpa"]) if device.type == "cuda" else ["matmul" if bf16 else "sdpa"]
     for name in auto if requested == "auto" else [requested]:
         if name in ("sdpa", "matmul"):
-            return name, _sdpa if name == "sdpa" else MatmulAttention.apply
+            return name, _sdpa if name == "sdpa" else MatmulAttention.apply, segment_mask
         if device.type != "cuda":
             continue
+        if name == "flex":
+            return name, flex, flex_mask
         try:
-            module = __import__("flash_attn_interface" if name == "fa3" else "flash_attn", fromlist=["flash_attn_func"])
+            module = __import__("flash_attn_interface" if name == "fa3" else "flash_attn",
+                                fromlist=["flash_attn_func", "flash_attn_varlen_func"])
         except ImportError:
             continue
+        return name, functools.partial(flash, module), varlen_mask
+    raise ConfigError(f"ATTN_BACKEND={requested} is not available on this machine ({device.type}); "
+                      "use ATTN_BACKEND=auto")
 
-        def flash(q, k, v, _fn=module.flash_attn_func):
-            y = _fn(q, k, v, causal=True)
-            return y[0] if isinstance(y, tuple) else y
-        return name, flash
-    raise ConfigError(f"ATTN_BACKEND={requested} is not available on this machine ({device.type}); use ATTN_BACKEND=auto")
+
+def flash(module, q, k, v, mask=None):
+    """FlashAttention over (B, T, heads, head_dim); with `varlen_mask`'s segments, its variable-length kernel."""
+    y = module.flash_attn_func(q, k, v, causal=True) if mask is None else flash_varlen(module, q, k, v, mask)
+    return y[0] if isinstance(y, tuple) else y
+
+
+@torch.compiler.disable  # segments of data-dependent lengths
+def flash_varlen(module, q, k, v, mask):
+    y = module.flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), *mask, causal=True)
+    y = y[0] if isinstance(y, tuple) else y
+    return y.view(q.shape[0], q.shape[1], *y.shape[1:])
 
 
 class CausalSelfAttention(nn.Module):
@@ -935,12 +1076,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: tuple, first: int = 0) -> torch.Tensor:
         """Outputs for positions first.. (queries from those only; keys and values from all)."""
-        (B, T, _), kn, (cos, sin), kv, xq = x.shape, self.kernels, rotary, self.num_kv_heads, suffix(x, first)
+        (B, T, _), kn, (cos, sin, masks), kv, xq = x.shape, self.kernels, rotary, self.num_kv_heads, suffix(x, first)
         q = kn.norm_rotary(self.q(xq).view(B, T - first, self.num_heads, self.head_dim), suffix(cos, first),
                            suffix(sin, first), self.rope_half, self.q_gain)
         k = kn.norm_rotary(self.k(x).view(B, T, kv, self.head_dim), cos[:, :, :kv], sin[:, :, :kv], self.rope_half, None)
         v = self.v(x).view(B, T, kv, self.head_dim)
-        y = kn.attention(q.to(v.dtype), k.to(v.dtype), v)
+        y = kn.attention(q.to(v.dtype), k.to(v.dtype), v, masks[bool(first)])
         if self.xsa:  # query head h reads kv head h // (heads per kv head), as GQA attention does
             v_hat = F.normalize(suffix(v, first), dim=-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
             y = y - (y * v_hat).sum(-1, keepdim=True) * v_hat
@@ -1053,6 +1194,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: Config, kernels: Kernels | None = None):
         super().__init__()
         self.cfg, self.softcap, self.looping, self.head_hook, self.lora = cfg, cfg.logit_softcap, False, None, None
+        self.doc_mask = cfg.doc_mask  # attention within documents (off for rows that hold one document)
         self.kernels = kernels = kernels or Kernels(_sdpa)
         head_dim = cfg.model_dim // cfg.num_heads
         self.rope = (head_dim, cfg.rope_dims or head_dim, cfg.rope_base, cfg.train_seq_len)
@@ -1098,8 +1240,11 @@ class GPT(nn.Module):
         x = self.kernels.rms_norm(x)
         x = self.smear(x, has_prev) if self.smear is not None else x
         x0, skips, lanes = x, [], None
-        rotary = tuple(t.to(x.dtype).contiguous() for t in rotary_tables(idx.size(1), *self.rope, idx.device,
-                                                                          self.cfg.num_heads))  # angles in fp32
+        T = idx.size(1)
+        docs = torch.cumsum(idx == BOS_ID, 1) if self.doc_mask else None  # segment ids: a BOS starts one
+        masks = (self.kernels.mask(docs, T, T), self.kernels.mask(docs, T - first, T) if first else None)
+        rotary = (*(t.to(x.dtype).contiguous() for t in rotary_tables(T, *self.rope, idx.device, self.cfg.num_heads)),
+                  masks)  # angles in fp32
         encoder, decoder = layer_order(self.cfg, self.looping)
         for i in encoder:
             x = self.blocks[i](x, x0, rotary)
@@ -1267,7 +1412,7 @@ class TrainingStopped(Exception):
 
 
 _STOP_SIGNAL = {"received": False}  # set by SIGTERM when checkpoints are on
-CHECKPOINT_FORMAT = "train_gpt-checkpoint-1"
+CHECKPOINT_FORMAT = "train_gpt-checkpoint-2"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -1295,24 +1440,54 @@ def read_checkpoint(path: str, device="cpu", name: str = "RESUME_FROM") -> dict:
         raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint: it cannot be read as plain tensors "
                           f"({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint (a torch file without the "
-                          f"'{CHECKPOINT_FORMAT}' marker); give a file written with CHECKPOINT_EVERY")
+        older = isinstance(state, dict) and str(state.get("format", "")).startswith("train_gpt-checkpoint-")
+        raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint of this version (" + (
+            f"format {state['format']!r}, this script reads {CHECKPOINT_FORMAT!r}): resume with the script that wrote it"
+            if older else f"a torch file without the '{CHECKPOINT_FORMAT}' marker); give a file written with "
+            "CHECKPOINT_EVERY"))
     return state
 
 
-def load_checkpoint(path: str, cfg: Config, model: nn.Module, device) -> dict:
-    """The state to resume from, refused unless it was made with the same settings and model shape."""
-    state = read_checkpoint(path, device)
+def load_checkpoint(path: str, cfg: Config, model: nn.Module, rt: Runtime, train_files: list[Path]) -> dict:
+    """The state to resume from, refused unless every field is of its kind and range, it was made with the same
+    settings, model shape and training shards, and its optimiser states load: all before any work starts."""
+    state, where = read_checkpoint(path, rt.device), f"RESUME_FROM={path}"
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tensors = lambda d: all(isinstance(v, torch.Tensor) and torch.isfinite(v).all() for v in d.values())  # noqa: E731
+    same = lambda d: isinstance(d, dict) and {k: tuple(v.shape) for k, v in d.items()} == shapes and tensors(d)  # noqa
+    problems = field_problems(state, dict(
+        model=(dict, None), optimizers=(list, lambda v: len(v) == 2), config=(dict, None), step=(int, lambda v: v >= 0),
+        training_ms=((float, int), lambda v: v >= 0), looping=(bool, None), rng=(torch.Tensor, None), data=(list, None),
+        loader=(dict, None), swa=(dict, None), ema=((dict, type(None)), lambda v: (v is None) != bool(cfg.ema_decay))),
+        where)
+    problems += [] if problems else field_problems(state["loader"], dict(file_idx=(int, None), pos=(int, None)),
+                                                   f"{where}: loader") + field_problems(
+        state["swa"], dict(count=(int, lambda v: v >= 0), sums=((dict, type(None)), None)), f"{where}: swa")
+    if problems:
+        raise ConfigError(f"{problems[0]}: the checkpoint is damaged or was edited; resume from another one")
     keep = MODEL_FIELDS + ("train_batch_tokens", "micro_batches", "iterations", "warmdown_iters", "seed")
-    diff = [f"{k.upper()}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
-            for k in keep if state["config"].get(k) != getattr(cfg, k)]
-    if diff:
-        raise ConfigError(f"RESUME_FROM={path} was made with other settings; resume with the same ones:\n  "
-                          + "\n  ".join(diff))
-    ours, theirs = ({k: tuple(v.shape) for k, v in sd.items()} for sd in (model.state_dict(), state["model"]))
-    if ours != theirs:
-        raise ConfigError(f"RESUME_FROM={path} holds tensors of another model shape "
-                          f"({len(set(ours.items()) ^ set(theirs.items()))} differ): resume with the settings it was made with")
+    if diff := [f"{k.upper()}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
+                for k in keep if state["config"].get(k, ...) != getattr(cfg, k)]:
+        raise ConfigError(f"{where} was made with other settings; resume with the same ones:\n  " + "\n  ".join(diff))
+    if not same(state["model"]):
+        raise ConfigError(f"{where} holds tensors of another model shape (or non-finite weights): resume with the "
+                          "settings it was made with")
+    if not (state["ema"] is None or same(state["ema"])) or not (state["swa"]["count"] == 0 or same(state["swa"]["sums"])):
+        raise ConfigError(f"{where}: its EMA or SWA average does not fit the model; the checkpoint is damaged")
+    data = [[f.name, (f.stat().st_size - SHARD_HEADER_BYTES) // 2] for f in train_files]
+    if state["data"] != data:
+        raise ConfigError(f"{where} was made on other training shards (it names {len(state['data'])} shards, DATA_PATH "
+                          f"has {len(data)}, or their sizes differ): resume on the data it was made with")
+    if not (0 <= (i := state["loader"]["file_idx"]) < len(data) and 0 <= state["loader"]["pos"] <= data[i][1]):
+        raise ConfigError(f"{where}: its data position {state['loader']} is past the end of the training shards")
+    if not state["step"] <= cfg.iterations or state["rng"].dtype != torch.uint8:
+        raise ConfigError(f"{where}: step {state['step']} beyond ITERATIONS={cfg.iterations}, or a bad RNG state")
+    try:
+        for opt, s in zip(build_optimizers(model, cfg, rt), state["optimizers"]):
+            opt.load_state_dict(s)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise ConfigError(f"{where}: its optimiser state does not fit this model ({type(e).__name__}); the "
+                          "checkpoint is damaged or of other settings") from None
     return state
 
 
@@ -1358,6 +1533,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         model.zero_grad(set_to_none=True)
         return total
     # Warm-up: compile and prime kernels (looping and QAT too: switching them on compiles nothing), then restore.
+    t0, clock, eval_compile_s = rt.clock(), [], 0.0
     if cfg.warmup_steps > 0:
         initial = copy.deepcopy((model.state_dict(), [o.state_dict() for o in optimizers]))
         loader = TrainLoader(train_files, cfg, rt)
@@ -1370,12 +1546,22 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         model.load_state_dict(initial[0])
         for opt, s in zip(optimizers, initial[1]):
             opt.load_state_dict(s)
-        rt.sync()
-        log(f"warmup: {cfg.warmup_steps} steps done, model and optimiser state restored")
+        log(f"warmup: {cfg.warmup_steps} steps done in {rt.clock() - t0:.1f}s, model and optimiser state restored")
         if cfg.compile == "1":
+            eval_compile_s = warm_eval(run_model, cfg, rt)
+            log(f"warmup: the evaluation's forward shapes compiled in {eval_compile_s:.1f}s")
             breaks = compile_stats("graph_break")
             log(f"compile: {sum(breaks.values())} graph break(s)" + "".join(f"; {r[:80]}" for r in list(breaks)[:3]))
-    loader, swa, ema = TrainLoader(train_files, cfg, rt), SWA(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    if cfg.quant_method == "gptq" and not cfg.gptq_reserve_seconds and budget_ms(cfg):
+        t0 = rt.clock()  # GPTQ calibration belongs to the training budget: reserve what it costs here
+        collect_hessians(model, TrainLoader(train_files, cfg, rt), replace(cfg, gptq_calibration_batches=1), rt)
+        per_batch = all_ranks_max(rt, [rt.clock() - t0])[0]
+        cfg.gptq_reserve_seconds = 1.25 * per_batch * cfg.gptq_calibration_batches + 1.0
+        log(f"gptq: calibration measured at {per_batch:.2f}s per batch on this process's share: "
+            f"{cfg.gptq_reserve_seconds:.1f}s of MAX_WALLCLOCK_SECONDS reserved for {cfg.gptq_calibration_batches} "
+            "batches (GPTQ_RESERVE_SECONDS=0: measured; set it to override)")
+    warmup_s, loader, swa = rt.clock() - t0, TrainLoader(train_files, cfg, rt), SWA()
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     step, training_ms = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -1402,7 +1588,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             save_checkpoint(ckpt_path, dict(
                 model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
                 loader=loader.stream.state(), swa=dict(sums=swa.sums, count=swa.count), ema=ema.shadow if ema else None, step=step,
-                training_ms=training_ms, looping=model.looping, rng=torch.get_rng_state(), config=asdict(cfg)))
+                training_ms=training_ms, looping=model.looping, rng=torch.get_rng_state(), config=asdict(cfg),
+                data=[[f.name, (f.stat().st_size - SHARD_HEADER_BYTES) // 2] for f in train_files]))
         if rt.world_size > 1:
             dist.barrier()
         log(f"checkpoint: step {step} written to {ckpt_path} ({reason})")
@@ -1456,6 +1643,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if cfg.swa_every and scale < cfg.swa_start_frac and step % cfg.swa_every == 0:
             swa.add(model)
         elapsed = training_ms + 1000 * (time.perf_counter() - t0)
+        clock.append((elapsed, model.looping))  # host time one step behind the device at most (see check_finite)
         if cfg.train_log_every and (step % cfg.train_log_every == 0 or step <= 10):
             step_avg = elapsed / step
             tok_s = cfg.train_batch_tokens / step_avg * 1000
@@ -1495,7 +1683,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     if ema:
         model.load_state_dict(ema.shadow)
         log(f"ema: the exponential moving average (decay {cfg.ema_decay}) replaces the weights")
-    return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason, loader=loader)
+    return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason, loader=loader, clock=clock,
+                warmup_s=warmup_s, eval_compile_s=eval_compile_s)
 
 # ================================== averaging ==================================
 
@@ -1743,14 +1932,37 @@ def codec_problem(name: str) -> str | None:
     return None
 
 
+SAMPLE_BYTES = 1 << 20  # ans: brotli is tried on a whole code stream only when it wins on its first MiB
+
+
 def compress_stream(raw: bytes, codes: bool, cfg: Config) -> tuple[str, bytes]:
-    """(codec, compressed bytes) of one stream under COMPRESSOR. ans codes int8 code streams only, each in
-    the smaller of ANS and brotli (LZ wins on near-duplicate rows), and sends the rest to brotli."""
-    names = [cfg.compressor] if cfg.compressor != "ans" else ["ans", "brotli"] if codes else ["brotli"]
+    """(codec, compressed bytes) of one stream under COMPRESSOR. ans codes int8 code streams only, each in ANS or, if
+    smaller, brotli (LZ wins on near-duplicate rows), decided on a sample first (brotli-11 is slow, ANS is not); the
+    rest goes to brotli."""
+    if cfg.compressor != "ans" or not codes:
+        return (name := cfg.compressor if cfg.compressor != "ans" else "brotli"), codec(name)[0](raw, cfg)
+    (ans, _), (brotli, _) = codec("ans"), codec("brotli")
+    names = ["ans"] + (["brotli"] if len(raw) <= SAMPLE_BYTES or len(brotli(sample := raw[:SAMPLE_BYTES], cfg))
+                       < len(ans(sample, cfg)) else [])
     return min(((n, codec(n)[0](raw, cfg)) for n in names), key=lambda c: len(c[1]))
 
 
-def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -> bytes:
+def compress_streams(raws: list[tuple[bytes, bool]], cfg: Config, rt: Runtime | None = None) -> list[tuple]:
+    """`compress_stream` of each (raw, codes) in threads (the codecs release the GIL), the streams shared out over the
+    ranks (the idle processes at export) and gathered: every rank returns every stream."""
+    rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)
+    mine = [i for i in sorted(range(len(raws)), key=lambda i: -len(raws[i][0]))][rank::world]
+    workers = max(1, min(len(mine), (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        done = dict(zip(mine, pool.map(lambda i: compress_stream(*raws[i], cfg), mine)))
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, done, group=rt.host_group)
+        done = {i: c for share in shares for i, c in share.items()}
+    return [done[i] for i in range(len(raws))]
+
+
+def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None, rt: Runtime | None = None) -> bytes:
     """Serialise quantised entries as: magic, u16 version, u32 compressed and u32 raw header length, zlib(JSON header:
     model config, score settings, tensor table, streams), the compressed streams, and a sha256 of all before it."""
     streams = {}  # the codes of each matrix role (across layers) together; the rest (scales, fp16, LQER) in "other"
@@ -1758,17 +1970,18 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None) -
         for key, arr in e["arrays"].items():
             role = re.sub(r"^blocks\.\d+\.", "", e["name"]) if key == "q" else "other"
             streams.setdefault(role, []).append((e, key, arr))
-    table, bodies, meta = [dict(e, arrays={}) for e in entries], [], []
+    table, raws = [dict(e, arrays={}) for e in entries], []
     index = {e["name"]: t for e, t in zip(entries, table)}
     for i, (role, items) in enumerate(streams.items()):
         offset = 0
         for e, key, arr in items:
             index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
-        raw = b"".join(arr.tobytes() for _, _, arr in items)
-        name, body = compress_stream(raw, role != "other", cfg)
-        bodies.append(body)
-        meta.append(dict(codec=name, raw=len(raw), size=len(body), crc32=zlib.crc32(raw)))
+        raws.append((b"".join(arr.tobytes() for _, _, arr in items), role != "other"))
+    bodies = compress_streams(raws, cfg, rt)
+    meta = [dict(codec=name, raw=len(raw), size=len(body), crc32=zlib.crc32(raw))
+            for (raw, _), (name, body) in zip(raws, bodies)]
+    bodies = [body for _, body in bodies]
     header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,
                              streams=meta)).encode()
     packed = zlib.compress(header, 9)
@@ -1826,7 +2039,7 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
     step's bytes and its cost in plain-eval bpb; the trained weights are restored afterwards."""
     def build(c: Config) -> tuple:
         t0, entries = time.perf_counter(), quantise_state(state, c, hessians, rt)
-        return entries, pack_artifact(entries, c, score), time.perf_counter() - t0
+        return entries, pack_artifact(entries, c, score, rt), time.perf_counter() - t0
 
     def plain_bpb(entries) -> float:
         model.load_state_dict({e["name"]: torch.from_numpy(dequantize(e, {k: a.astype(np.float32) for k, a in
@@ -1931,6 +2144,15 @@ def check_header(h: dict, body_size: int) -> None:
                     or count != expect[key] or not isinstance(offset, int) or offset < 0
                     or offset + count * np.dtype(ARRAY_DTYPES[dtype]).itemsize > streams[stream]["raw"]):
                 raise ValueError(f"tensor {t['name']!r}: array {key} {[stream, offset, dtype, count]} is out of bounds")
+    ends = [0] * len(streams)  # each stream holds its arrays back to back, nothing else
+    for s, a, b in sorted((s, o, o + n * np.dtype(ARRAY_DTYPES[d]).itemsize) for t in h["tensors"]
+                          for s, o, d, n in t["arrays"].values()):
+        if a != ends[s]:
+            raise ValueError(f"stream {s}: an array starts at byte {a} where the one before it ends at {ends[s]} "
+                             "(arrays overlap or leave a gap)")
+        ends[s] = b
+    if gaps := [i for i, s in enumerate(streams) if ends[i] != s["raw"]]:
+        raise ValueError(f"stream {gaps[0]}: its arrays end at byte {ends[gaps[0]]}, it holds {streams[gaps[0]]['raw']}")
 
 
 def read_artifact(path: str) -> tuple[dict, dict]:
@@ -1975,14 +2197,35 @@ def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Ten
     return starts, score_from
 
 
-def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int) -> list[tuple[int, torch.Tensor]]:
-    """(first scored position, window starts) batches: windows that score the same positions share a
-    batch, so every forward pass has a fixed shape and no padding; the same batches for any world size."""
-    out = []
-    for f in score_from.unique().tolist():
-        s = starts[score_from == f]
-        out += [(f, s[i:i + batch]) for i in range(0, len(s), batch)]
+def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int, seq_len: int) -> list[tuple]:
+    """(first, window starts, first scored position per window) batches of exactly `batch` windows: the forward runs
+    positions first.. of each, first = 0 for windows that score all (the first window, every one in plain evaluation),
+    else seq_len - stride (the final window scores fewer); a last batch is filled with copies of its first window that
+    score nothing. So a compiled model sees two shapes in all, compiled once; the same batches for any world size."""
+    out, whole = [], score_from == 0
+    for group in (whole, ~whole):
+        s, f = starts[group], score_from[group]
+        first = int(f.min()) if len(f) else 0
+        for i in range(0, len(s), batch):
+            pad = batch - len(s[i:i + batch])
+            out.append((first, torch.cat((s[i:i + batch], s[i:i + 1].expand(pad))),
+                        torch.cat((f[i:i + batch], f.new_full((pad,), seq_len)))))
     return out
+
+
+def warm_eval(run_model: nn.Module, cfg: Config, rt: Runtime) -> float:
+    """Compile the evaluation's two forward shapes (`eval_batches`) with looping on, as evaluation runs, on dummy
+    tokens: no compile stall inside a timed evaluation. Seconds taken."""
+    t0, model = rt.clock(), getattr(run_model, "_orig_mod", run_model)
+    looping, model.looping = model.looping, cfg.num_loops > 0
+    with torch.inference_mode(), rt.autocast():  # inputs made here are inference tensors, as evaluate()'s are
+        x = torch.zeros(cfg.eval_batch_seqs, cfg.eval_seq_len, dtype=torch.long, device=rt.device)
+        model.eval()
+        for first in sorted({0, cfg.eval_seq_len - cfg.eval_stride}):
+            run_model(x, torch.zeros_like(x), first)  # two tensors: dynamo guards on aliasing
+    model.train()
+    model.looping = looping
+    return rt.clock() - t0
 
 
 def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple:
@@ -1996,17 +2239,20 @@ def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, str
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
     """(val_loss in nats, val_bpb) over every target once: batches dealt round-robin to ranks; scored count checked."""
     seq_len = cfg.eval_seq_len
-    mine = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs)[rt.rank::rt.world_size]
+    mine = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs,
+                        seq_len)[rt.rank::rt.world_size]
     positions = torch.arange(seq_len, device=rt.device)
     sums, scored, was_training = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, model.training  # nll, bytes
     model.eval()
     t0 = time.perf_counter()
-    for b, (first, starts) in enumerate(mine):
+    for b, (first, starts, score_from) in enumerate(mine):
         idx = starts.to(rt.device)[:, None] + positions
+        scores = positions[first:] >= score_from.to(rt.device)[:, None]  # the padding windows score nothing
         with rt.autocast():
             nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long(), first)
-        sums += torch.stack([nll.double().sum(), val.target_bytes[idx[:, first:]].sum().double()])
-        scored += nll.numel()
+        sums += torch.stack([torch.where(scores, nll.double(), 0).sum(),
+                             torch.where(scores, val.target_bytes[idx[:, first:]], 0).sum().double()])
+        scored += int((seq_len - score_from.clamp(min=first)).sum())
         if log and (b + 1) % max(1, len(mine) // 10) == 0:
             nll_sum, byte_sum = sums.tolist()
             log(f"sliding_eval: {100 * (b + 1) // len(mine)}% batches:{b + 1}/{len(mine)} (rank 0) "
@@ -2051,12 +2297,12 @@ def lora_targets(model: GPT, cfg: Config) -> list:
 def global_sgd(model: GPT, val: ValData, docs: list, cfg: Config, rt: Runtime) -> int:
     """Phased TTT: one SGD pass (momentum, cosine LR, gradients averaged over ranks, clipped) of the base
     weights over the tokens of documents that have all been scored already. Returns the steps taken."""
-    tokens = torch.cat([val.tokens[s:e + 1] for s, e in docs]).long()
+    tokens = torch.cat([val.tokens[s:e + 1] for s, e in docs] + [val.tokens[:0]]).long()
     seqs = tokens[:len(tokens) // (cfg.eval_seq_len + 1) * (cfg.eval_seq_len + 1)].view(-1, cfg.eval_seq_len + 1)
     per_step = max(1, cfg.global_ttt_chunk_tokens // cfg.eval_seq_len)
     steps, params = -(-len(seqs) // per_step), list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.global_ttt_lr, momentum=cfg.global_ttt_momentum)
-    model.requires_grad_(True).train()
+    model.requires_grad_(True).train().doc_mask = cfg.doc_mask  # these rows hold many documents, as in training
     for i in range(steps):
         opt.param_groups[0]["lr"] = cfg.global_ttt_lr * 0.5 * (1 + math.cos(math.pi * i / max(steps - 1, 1)))
         if len(mine := seqs[i * per_step:(i + 1) * per_step][rt.rank::rt.world_size]):
@@ -2070,7 +2316,7 @@ def global_sgd(model: GPT, val: ValData, docs: list, cfg: Config, rt: Runtime) -
         torch._foreach_mul_([p.grad for p in params], (cfg.global_ttt_grad_clip / (norm + 1e-6)).clamp(max=1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
-    model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False).doc_mask = False
     return steps
 
 
@@ -2082,10 +2328,12 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
     on them (score first, then adapt); adapters start afresh per batch of documents (seeded by the batch: any process
     count gives the same result); PHASED_TTT_NUM_PHASES: the base weights take an SGD pass over documents scored so far
     at each phase boundary. If the forecast overruns EVAL_BUDGET_SECONDS, adaptation stops (all targets still scored).
-    `trace` (tests) gets ("score"|"adapt", documents, chunk, losses)."""
+    `trace` (tests) gets ("score"|"adapt", documents, chunk, losses). Rows of one document need no DOC_MASK."""
     docs, chunk, L = documents(val), cfg.ttt_chunk_size if adapt else cfg.eval_stride, cfg.eval_seq_len
+    model.doc_mask = False
     phases = cfg.phased_ttt_num_phases if adapt else 0
-    bounds = sorted({min(cfg.phased_ttt_prefix_docs * k // phases, len(docs)) for k in range(1, phases + 1)} | {len(docs)})
+    bounds = sorted({min(cfg.phased_ttt_prefix_docs * k // phases, len(docs)) for k in range(1, phases + 1)}
+                    - {0} | {len(docs)})  # (a phase with no document scored before it has nothing to learn from)
     segments, lo_doc = [], 0
     for hi in bounds:  # within a phase, documents of similar length share a batch
         order = sorted(range(lo_doc, hi), key=lambda d: docs[d][0] - docs[d][1])
@@ -2097,41 +2345,45 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
     for k, segment in enumerate(segments):
         for r in range(0, len(segment), rt.world_size):  # a round: one batch per rank, then the ranks agree
             batch, t0 = segment[r + rt.rank] if r + rt.rank < len(segment) else None, time.perf_counter()
-            if batch is not None:
-                gen = torch.Generator().manual_seed(cfg.seed + 7919 * (sum(map(len, segments[:k])) + r + rt.rank))
-                params = [t.to(rt.device).requires_grad_() for _, i, o in targets for t in (
-                    torch.rand(len(batch), cfg.ttt_lora_rank, i, generator=gen).mul_(2).sub_(1).mul_(i ** -0.5),
-                    torch.zeros(len(batch), o, cfg.ttt_lora_rank))]
+            if batch is not None:  # adapters seeded by the batch's index: any process count, the same adapters
+                gen = torch.Generator(rt.device).manual_seed(cfg.seed + 7919 * (sum(map(len, segments[:k])) + r + rt.rank))
+                params = [t.requires_grad_() for _, i, o in targets for t in (
+                    torch.rand(len(batch), cfg.ttt_lora_rank, i, generator=gen, device=rt.device).mul_(2).sub_(1)
+                    .mul_(i ** -0.5), torch.zeros(len(batch), o, cfg.ttt_lora_rank, device=rt.device))]
                 opt = torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(cfg.ttt_beta1, cfg.ttt_beta2), eps=1e-10,
                                         weight_decay=cfg.ttt_weight_decay) if params else None
-                spans = torch.tensor([docs[d] for d in batch], device=rt.device)
+                spans = np.array([docs[d] for d in batch])  # longest first: the rows still scoring are a prefix
                 n_chunks = (spans[:, 1] - spans[:, 0] + chunk - 1) // chunk
-                for c in range(int(n_chunks.max())):
-                    live = torch.nonzero(n_chunks > c).flatten()
-                    a = spans[live, 0] + 1 + c * chunk  # the chunk's first target; b: one past its last
-                    b = torch.minimum(a + chunk, spans[live, 1] + 1)
-                    lo = torch.maximum(spans[live, 0], b - 1 - L)
+                for c in range(int(n_chunks.max())):  # windows planned on the host: no device sync per chunk
+                    live = int((n_chunks > c).sum())
+                    a = spans[:live, 0] + 1 + c * chunk  # the chunk's first target; b: one past its last
+                    b = np.minimum(a + chunk, spans[:live, 1] + 1)
+                    lo = np.maximum(spans[:live, 0], b - 1 - L)
                     n = b - 1 - lo  # window lengths: the chunk's targets are the last b - a positions
-                    first, pos = int((n - (b - a)).min()), torch.arange(int(n.max()), device=rt.device)
-                    idx = (lo[:, None] + pos).clamp(max=val.num_targets - 1)
-                    mask = (pos[first:] >= (n - (b - a))[:, None]) & (pos[first:] < n[:, None])
+                    first, pos = int((n - (b - a)).min()), np.arange(int(n.max()))
+                    scores = (pos[first:] >= (n - (b - a))[:, None]) & (pos[first:] < n[:, None])
+                    learn = (n_chunks[:live] > c + 1)[:, None] & scores  # a document's last chunk teaches nothing
+                    idx = torch.from_numpy(np.minimum(lo[:, None] + pos, val.num_targets - 1)).to(rt.device)
+                    mask = torch.from_numpy(scores).to(rt.device)
                     for (m, _, _), p_a, p_b in zip(targets, params[0::2], params[1::2]):
-                        m.lora = (p_a[live], p_b[live], scale)
+                        m.lora = (p_a[:live], p_b[:live], scale)
                     with torch.set_grad_enabled(opt is not None), rt.autocast():
                         nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long(), first) * mask
-                    sums += torch.stack([nll.detach().double().sum(), (val.target_bytes[idx[:, first:]] * mask).sum().double()])
-                    scored += int(mask.sum())
-                    learn = (n_chunks[live] > c + 1)[:, None] & mask  # a document's last chunk teaches nothing
+                    sums += torch.stack([nll.detach().double().sum(),
+                                         (val.target_bytes[idx[:, first:]] * mask).sum().double()])
+                    scored += int(scores.sum())
                     if trace is not None:
-                        trace.append(("score", [batch[i] for i in live.tolist()], c, nll.detach().sum(1).tolist()))
+                        trace.append(("score", batch[:live], c, nll.detach().sum(1).tolist()))
                     if opt is not None and learn.any():
-                        ((nll * learn).sum(1) / learn.sum(1).clamp_min(1)).sum().backward()
+                        weights = torch.from_numpy(learn / learn.sum(1, keepdims=True).clip(1)).to(rt.device)
+                        (nll * weights.to(nll.dtype)).sum().backward()
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                         if trace is not None:
-                            trace.append(("adapt", [batch[i] for i, on in zip(live.tolist(), learn.any(1).tolist()) if on], c, None))
+                            trace.append(("adapt", [batch[i] for i in np.flatnonzero(learn.any(1))], c, None))
                 for m, _, _ in targets:
                     m.lora = None
+                rt.sync()
                 times.append(time.perf_counter() - t0)
             done = sum(map(len, segments[:k])) + min(r + rt.world_size, len(segment))
             elapsed, forecast = all_ranks_max(rt, [time.perf_counter() - t_start,
@@ -2145,7 +2397,7 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
         if k < min(phases, len(segments) - 1) and targets:  # nothing is left to score after the last segment
             steps = global_sgd(model, val, [docs[d] for seg in segments[:k + 1] for bt in seg for d in bt], cfg, rt)
             log(f"ttt: phase {k + 1}/{phases}: global SGD, {steps} steps over the {bounds[k]} documents scored so far")
-    model.requires_grad_(True)
+    model.requires_grad_(True).doc_mask = cfg.doc_mask
     totals = torch.cat([sums.cpu(), torch.tensor([float(scored)], dtype=torch.float64)])
     if rt.world_size > 1:
         dist.all_reduce(totals, group=rt.host_group)
@@ -2163,11 +2415,13 @@ def compile_stats(key: str) -> dict:
 
 
 def select_kernels(cfg: Config, device: torch.device, bf16: bool) -> tuple[str, Kernels]:
-    """(their names for the log, the model's kernels): ATTN_BACKEND's attention; FUSED_KERNELS (auto: on CPU in bf16)."""
-    name, attention = select_attention(cfg.attn_backend, device, bf16)
+    """(their names for the log, the model's kernels): ATTN_BACKEND's attention (DOC_MASK's way, if on); FUSED_KERNELS
+    (auto: on CPU in bf16)."""
+    name, attention, mask = select_attention(cfg.attn_backend, device, bf16, cfg.doc_mask)
     fused = cfg.fused_kernels == "1" or (cfg.fused_kernels == "auto" and device.type == "cpu" and bf16)
     fns = (RMSNorm.apply, NormRotary.apply, SquaredAct.apply, HeadLoss.apply) if fused else ()
-    return f"{name} kernels:{'fused' if fused else 'reference'}", Kernels(attention, *fns)
+    doc = " doc_mask:on" if cfg.doc_mask else ""
+    return f"{name}{doc} kernels:{'fused' if fused else 'reference'}", Kernels(attention, mask, *fns)
 
 
 def build_model(cfg: Config, rt: Runtime, kernels: Kernels) -> tuple[GPT, nn.Module]:
@@ -2225,6 +2479,7 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     if not cfg.eval_only:  # EVAL_ONLY loaded them before the log was opened
         load_artifact_weights(model, cfg.artifact_path)
     load_s = time.perf_counter() - t_start + summary.get("artifact_load_s", 0.0)
+    compile_s = warm_eval(run_model, cfg, rt) if cfg.eval_only and cfg.compile == "1" else 0.0  # (training: warm-up)
     r_loss, r_bpb, r_time = timed_evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)
     log(f"final_roundtrip_exact val_loss:{r_loss:.8f} val_bpb:{r_bpb:.8f} eval_time:{1000 * r_time:.0f}ms")
     t0, notes = time.perf_counter(), []
@@ -2240,8 +2495,8 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
     total_s = time.perf_counter() - t_start + load_s
     log(f"final_{cfg.eval_mode}_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f} stride:{cfg.eval_stride if cfg.eval_mode != 'ttt' else cfg.ttt_chunk_size} "
         f"eval_time:{1000 * s_time:.0f}ms")
-    log(f"eval_time load:{load_s:.1f}s plain:{r_time:.1f}s {cfg.eval_mode}:{s_time:.1f}s total:{total_s:.1f}s "
-        f"budget:{cfg.eval_budget_seconds:g}s" + (" (over)" if total_s > cfg.eval_budget_seconds else ""))
+    log(f"eval_time load:{load_s:.1f}s compile:{compile_s:.1f}s plain:{r_time:.1f}s {cfg.eval_mode}:{s_time:.1f}s "
+        f"total:{total_s:.1f}s budget:{cfg.eval_budget_seconds:g}s" + (" (over)" if total_s > cfg.eval_budget_seconds else ""))
     if not val.full:
         log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
     artifact_bytes, code_counted = os.path.getsize(cfg.artifact_path), counted_code_bytes(cfg, code)
@@ -2283,17 +2538,29 @@ def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
     elif checkpoint_interval(cfg)[0] and ckpt.exists() and not (cfg.resume_from and ckpt.samefile(cfg.resume_from)):
         error = (f"CHECKPOINT_PATH={ckpt} already exists{' (a folder)' if ckpt.is_dir() else ''} and is not the "
                  "checkpoint being resumed: refusing to overwrite it; move it or choose another path")
+    elif problems := [f"cannot write {name}{p}: {why}" for name, p, on in (
+            ("the log ", path, True), ("ARTIFACT_PATH=", Path(cfg.artifact_path), not cfg.eval_only),
+            ("CHECKPOINT_PATH=", ckpt, bool(checkpoint_interval(cfg)[0]))) if on and (why := unwritable(p))]:
+        error = f"{problems[0]}; choose another path (or RUN_ID)"
     else:
         try:
             for folder in {path.parent, Path(cfg.artifact_path).parent}:
                 folder.mkdir(parents=True, exist_ok=True)
-                if not os.access(folder, os.W_OK):
-                    raise PermissionError(f"folder {folder} is not writable")
             log = RunLog(path, append=bool(cfg.resume_from))
         except OSError as e:
             error = f"cannot write the log or artifact: {e}"
     agree(rt, error)
     return log
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be created at `path` (a folder on its way is a file, or not writable), or None."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK) else f"folder {parent} is not writable"
 
 
 def settings_from_artifact(cfg: Config, header: dict, environ=os.environ) -> tuple[Config, list[str]]:
@@ -2353,22 +2620,15 @@ def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
     return cfg, warnings, overridden
 
 
-def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
-    code, user_settings = Path(__file__).read_bytes(), non_default_settings(cfg)
-    code = (code, hashlib.sha256(code).hexdigest(), packed_code_bytes(code))  # lzma's 66 MB before the model's
-    if cfg.dry_run:
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        log_header(lambda msg="", console=True: print(msg), cfg, None, "dry_run", code, "n/a", warnings)
-        print(f"attention:{select_kernels(cfg, device, device.type == 'cuda' or cfg.cpu_dtype == 'bf16')[0]} on {device.type}")
-        train_bytes, eval_bytes, params = memory_estimate(cfg)
-        print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
-        print(f"model_params:{params}")
-        return 0
-    # Inputs are checked on every rank before any process group or model exists.
+def prepare_run(cfg: Config) -> tuple:
+    """Every input checked on every rank (memory, tokenizer, shards, sidecars, checkpoint, artifact) before any work;
+    then the runtime, the validation data and the model: (rt, train_files, val, model, run_model, attention name,
+    start-up notes for the log, artifact load seconds, checkpoint state or None)."""
     check_memory(cfg, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
                  else torch.device("cpu"))
     sp, tokenizer_record = load_tokenizer(cfg), check_tokenizer_record(cfg)
     val_files = find_shards(cfg.data_path, "val")
+    sidecars = byte_sidecars(cfg, sp, val_files)
     train_files = [] if cfg.eval_only else find_shards(cfg.data_path, "train")
     for i, f in enumerate(train_files):  # headers of all; token ids of the first (the others as they are reached)
         open_shard(f, None if i else cfg.vocab_size)
@@ -2382,23 +2642,41 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     cfg.checkpoint_path = cfg.checkpoint_path or f"checkpoints/{cfg.run_id}.pt"
     attention_name, kernels = select_kernels(cfg, rt.device, rt.autocast_dtype is not None)
     cfg.fused_kernels = "0" if kernels.rms_norm is rms_norm else "1"
-    val = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id())
-    audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg) if cfg.bpb_audit else 0
+    val, sidecar = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id(), sidecars)
+    audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg, sidecar=sidecar) if cfg.bpb_audit else 0
     model, run_model = build_model(cfg, rt, kernels)
-    artifact_load_s, resume = 0.0, load_checkpoint(cfg.resume_from, cfg, model, rt.device) if cfg.resume_from else None
+    resume = load_checkpoint(cfg.resume_from, cfg, model, rt, train_files) if cfg.resume_from else None
+    t0, artifact_load_s = time.perf_counter(), 0.0
     if cfg.eval_only:  # the whole artifact is checked before anything is written
-        t0 = time.perf_counter()
         load_artifact_weights(model, cfg.artifact_path)
         model.looping, artifact_load_s = cfg.num_loops > 0, time.perf_counter() - t0
+    notes = [f"tokenizer: sha256 matches the record {tokenizer_record}"] if tokenizer_record else []
+    notes.append(f"bpb_audit: {audited} validation documents re-encode to their ids and decode to the byte table's "
+                 "UTF-8 lengths" if audited else "bpb_audit: off (BPB_AUDIT=0): the score is unaudited")
+    if cfg.caseops_enabled:
+        notes.append(f"caseops: bits per byte count the original text's bytes from {len(sidecars)} byte sidecar(s)"
+                     + ("; the audit's documents: sidecar sums = inverse-transformed UTF-8 lengths" if audited else ""))
+    return rt, train_files, val, model, run_model, attention_name, notes, artifact_load_s, resume
+
+
+def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
+    code, user_settings = Path(__file__).read_bytes(), non_default_settings(cfg)
+    code = (code, hashlib.sha256(code).hexdigest(), packed_code_bytes(code))  # lzma's 66 MB before the model's
+    if cfg.dry_run:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        log_header(lambda msg="", console=True: print(msg), cfg, None, "dry_run", code, "n/a", warnings)
+        print(f"attention:{select_kernels(cfg, device, device.type == 'cuda' or cfg.cpu_dtype == 'bf16')[0]} "
+              f"on {device.type}")
+        train_bytes, eval_bytes, params = memory_estimate(cfg)
+        print(f"memory_estimate train:{train_bytes / 2**30:.2f}GiB eval:{eval_bytes / 2**30:.2f}GiB per process")
+        print(f"model_params:{params}")
+        return 0
+    rt, train_files, val, model, run_model, attention_name, notes, artifact_load_s, resume = prepare_run(cfg)
     log_box[0] = log = open_run_log(cfg, rt)
     mode = "eval_only" if cfg.eval_only else "train"
     log_header(log, cfg, rt, mode, code, attention_name, warnings)
-    if tokenizer_record:
-        log(f"tokenizer: sha256 matches the record {tokenizer_record}")
-    log(f"bpb_audit: {audited} validation documents re-encode to their ids and decode to the byte table's "
-        "UTF-8 lengths" if audited else "bpb_audit: off (BPB_AUDIT=0): the score is unaudited")
-    for o in overridden:
-        log(f"note: not a re-score: {o}")
+    for line in notes + [f"note: not a re-score: {o}" for o in overridden]:
+        log(line)
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
     params = sum(p.numel() for p in model.parameters())
     log(f"model_params:{params} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")

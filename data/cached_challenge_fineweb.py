@@ -19,6 +19,12 @@ sp4096 and sp8192 from kevclark/parameter-golf, as the public records download t
 built-in table stands in when no manifest lists them). MATCHED_FINEWEB_REPO_ID (the
 repository, always wins) and MATCHED_FINEWEB_REMOTE_ROOT_PREFIX (its folder, default
 "datasets") override.
+
+CaseOps (--variant sp8192_caseops, or the records' sp8192_lossless_caps_caseops_v1_reserved):
+the records' case-transformed sp8192 data from romeerp/parameter-golf-caseops-v1. Its byte
+sidecar is recomputed from the val tokens (fineweb_val_bytes_NNNNNN.bin: the bytes of the
+decoded original text per token, as data/build_dataset.py --caseops writes it); the published
+one, which counts raw input bytes, is kept as published_val_bytes_NNNNNN.bin for comparison.
 """
 from __future__ import annotations
 
@@ -51,10 +57,16 @@ REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 # dataset (e.g. --skip-manifest without a local data/manifest.json). Counts are those the
 # records' logs show: one val shard (40.5M sp8192 tokens < 100M per shard), 143 / 128 train
 # shards. The layout is that of the challenge's exporter (fineweb_<V>_bpe.model + .vocab).
+# The CaseOps export (records/.../2026-04-18_PR1626_CaseOps_Taper): one val shard (47.9M tokens) with its
+# byte sidecar, 80 train shards (the records' logs: train_shards: 80), tokenizer fineweb_8192_bpe_<suffix>.
+CASEOPS_VARIANT = "sp8192_lossless_caps_caseops_v1_reserved"
 BUILTIN_VARIANTS = {
     "sp4096": {"repo_id": "kevclark/parameter-golf", "vocab_size": 4096, "files_val": 1, "files_train": 143},
     "sp8192": {"repo_id": "kevclark/parameter-golf", "vocab_size": 8192, "files_val": 1, "files_train": 128},
+    CASEOPS_VARIANT: {"repo_id": "romeerp/parameter-golf-caseops-v1", "vocab_size": 8192, "files_val": 1,
+                      "files_train": 80, "caseops": True},
 }
+VARIANT_ALIASES = {"sp8192_caseops": CASEOPS_VARIANT}
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 clock = time.monotonic
 
@@ -69,6 +81,80 @@ class DownloadError(Exception):
 
 class MissingRemoteFile(DownloadError):
     """The repository has no such file."""
+
+
+# ---------------------------------------------------------------- checking parsed JSON
+
+JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+              bool: "a boolean", type(None): "null"}
+_MISSING = object()
+
+
+def _values(node, parts: list[str], shown: str):
+    """(shown path, value or _MISSING) of every field parts names under node; nothing under a wrong parent."""
+    if not parts:
+        yield shown, node
+        return
+    part, rest = parts[0], parts[1:]
+    if not isinstance(node, dict):
+        return
+    if part == "*":
+        for key, value in node.items():
+            yield from _values(value, rest, f"{shown}.{key}" if shown else key)
+        return
+    name = part.removesuffix("[]")
+    path = f"{shown}.{name}" if shown else name
+    value = node.get(name, _MISSING)
+    if part.endswith("[]"):
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            yield from _values(item, rest, f"{path}[{i}]")
+    elif value is not _MISSING or not rest:
+        yield from _values(value, rest, path)
+
+
+def field_problems(data, schema, where: str, prefix: str = "") -> list[str]:
+    """One line per field of parsed JSON data that is missing or of the wrong kind or range.
+
+    schema: rows (path, kind, allowed). path: keys joined by '.', '*' for every value of an object,
+    'key[]' for every item of a list, '' for data itself, a final '?' when the field may be absent.
+    kind: dict, list, str or int (a boolean is no integer). allowed: None, (low, high) for an int,
+    a set of strings, or (compiled pattern, what it means) for a string. A field under a missing or
+    wrong-kind parent is not checked: its parent is reported."""
+    problems = []
+    for path, kind, allowed in schema:
+        optional = path.endswith("?")
+        parts = [p for p in path.removesuffix("?").split(".") if p]
+        for shown, value in _values(data, parts, prefix):
+            field = f"field {shown} " if shown else ""
+            if value is _MISSING:
+                if not optional:
+                    problems.append(f"{where}: {field}is missing")
+                continue
+            actual = type(value) if type(value) in JSON_KINDS else float
+            if actual is not kind:
+                problems.append(f"{where}: {field}is {JSON_KINDS[actual]}, expected {JSON_KINDS[kind]}")
+            elif isinstance(allowed, tuple) and kind is int and not allowed[0] <= value <= allowed[1]:
+                problems.append(f"{where}: {field}is {value}, expected {allowed[0]} to {allowed[1]}")
+            elif isinstance(allowed, (set, frozenset)) and value not in allowed:
+                choices = ", ".join(map(repr, sorted(allowed)))
+                problems.append(f"{where}: {field}is {value!r}, expected one of {choices}")
+            elif isinstance(allowed, tuple) and kind is str and not allowed[0].fullmatch(value):
+                problems.append(f"{where}: {field}is {value[:40]!r}, expected {allowed[1]}")
+    return problems
+
+
+SHARD_COUNT = (0, MAX_TRAIN_SHARDS)
+TOP_SCHEMA = [("", dict, None), ("datasets?", list, None), ("tokenizers?", list, None)]
+ENTRY_SCHEMA = [("tokenizer_name", str, None), ("stats", dict, None), ("stats.files_val", int, SHARD_COUNT),
+                ("stats.files_train", int, SHARD_COUNT), ("val_bytes_glob?", str, None)]
+TOKENIZER_SCHEMA = [("model_path?", str, None), ("vocab_path?", str, None), ("path?", str, None),
+                    ("optional?", list, None), ("optional[]", str, None), ("vocab_size?", int, (1, 1 << 16))]
+
+
+def refuse_malformed(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}; fix or delete that manifest")
 
 
 # ---------------------------------------------------------------- the hub
@@ -162,9 +248,13 @@ def read_json(path: Path):
 
 
 def write_atomic(path: Path, text: str) -> None:
+    write_atomic_bytes(path, text.encode())
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -200,14 +290,23 @@ def shown(path: Path) -> str:
 
 # ---------------------------------------------------------------- what to fetch
 
+def canonical(variant: str) -> str:
+    """The variant's published name (sp8192_caseops -> sp8192_lossless_caps_caseops_v1_reserved)."""
+    return VARIANT_ALIASES.get(variant, variant)
+
+
 def dataset_name(variant: str) -> str:
-    if variant != "byte260" and not re.fullmatch(r"sp[1-9]\d*", variant):
-        raise UserError(f"unknown --variant {variant!r}: use sp<VOCAB> (e.g. sp1024, sp8192) or byte260")
+    variant = canonical(variant)
+    if variant not in ("byte260", CASEOPS_VARIANT) and not re.fullmatch(r"sp[1-9]\d*", variant):
+        raise UserError(f"unknown --variant {variant!r}: use sp<VOCAB> (e.g. sp1024, sp8192), sp8192_caseops "
+                        f"or byte260")
     return f"fineweb10B_{variant}"
 
 
 def find(entries, name: str):
-    return next((e for e in entries or [] if isinstance(e, dict) and e.get("name") == name), None)
+    """The entry named name of a manifest list (anything but a list holds none)."""
+    return next((e for e in (entries if isinstance(entries, list) else []) if isinstance(e, dict)
+                 and e.get("name") == name), None)
 
 
 def local_path(data_dir: Path, relative: str) -> Path:
@@ -219,14 +318,18 @@ def local_path(data_dir: Path, relative: str) -> Path:
 
 
 def builtin_manifest(variant: str) -> dict:
-    """A manifest holding only the built-in entry of variant (sp4096, sp8192)."""
+    """A manifest holding only the built-in entry of variant (sp4096, sp8192, the CaseOps sp8192)."""
     known = BUILTIN_VARIANTS[variant]
     vocab = known["vocab_size"]
-    tokenizer = {"name": f"sp_bpe_{vocab}", "kind": "sentencepiece_bpe", "vocab_size": vocab,
-                 "model_path": f"tokenizers/fineweb_{vocab}_bpe.model",
-                 "vocab_path": f"tokenizers/fineweb_{vocab}_bpe.vocab", "optional": ["vocab_path"]}
+    suffix = variant.removeprefix(f"sp{vocab}")  # "_lossless_caps_caseops_v1_reserved" or ""
+    stem = f"fineweb_{vocab}_bpe{suffix}"
+    tokenizer = {"name": f"sp_bpe_{vocab}{suffix}", "kind": "sentencepiece_bpe", "vocab_size": vocab,
+                 "model_path": f"tokenizers/{stem}.model", "vocab_path": f"tokenizers/{stem}.vocab",
+                 "optional": ["vocab_path"]}
     dataset = {"name": dataset_name(variant), "tokenizer_name": tokenizer["name"],
                "stats": {"files_val": known["files_val"], "files_train": known["files_train"]}}
+    if known.get("caseops"):
+        dataset["val_bytes_glob"] = f"datasets/{dataset['name']}/fineweb_val_bytes_*.bin"
     return {"datasets": [dataset], "tokenizers": [tokenizer]}
 
 
@@ -239,7 +342,8 @@ def load_entry(data_dir: Path, repo_id: str, remote, variant: str, skip_manifest
     name = dataset_name(variant)
     path = data_dir / "manifest.json"
     manifest = read_json(path)
-    manifest = manifest if isinstance(manifest, dict) else None
+    top_problems = field_problems(manifest, TOP_SCHEMA, shown(path)) if manifest is not None else []
+    manifest = manifest if manifest is not None and not top_problems else None
     entry = find(manifest and manifest.get("datasets"), name)
     if entry is not None:
         return manifest, entry, shown(path)
@@ -250,8 +354,8 @@ def load_entry(data_dir: Path, repo_id: str, remote, variant: str, skip_manifest
     if skip_manifest:
         if table:
             return table
-        state = ("is missing" if not path.exists() else "is not a readable manifest" if manifest is None
-                 else f"does not list {name}")
+        state = ("is missing" if not path.exists() else f"is malformed ({top_problems[0].split(': ', 1)[1]})"
+                 if top_problems else "is not a readable manifest" if manifest is None else f"does not list {name}")
         raise UserError(f"--skip-manifest: {shown(path)} {state}; drop --skip-manifest to download "
                         f"the manifest of {repo_id}")
     try:
@@ -261,6 +365,7 @@ def load_entry(data_dir: Path, repo_id: str, remote, variant: str, skip_manifest
             return table
         raise DownloadError(f"dataset repo {repo_id} has no {remote('manifest.json')}")
     manifest = read_json(path)
+    refuse_malformed(field_problems(manifest, TOP_SCHEMA, f"the manifest of {repo_id}"))
     entry = find(manifest.get("datasets"), name)
     if entry is None:
         if table:
@@ -272,20 +377,24 @@ def load_entry(data_dir: Path, repo_id: str, remote, variant: str, skip_manifest
 
 def plan(manifest: dict, entry: dict, train_shards: int, with_docs: bool, source: str):
     """(shard paths, [(other path, optional)], tokenizer entry), paths relative to the remote root."""
-    name, stats = entry["name"], entry.get("stats", {})
-    files_val, files_train = stats.get("files_val"), stats.get("files_train")
-    if not isinstance(files_val, int) or not isinstance(files_train, int):
-        raise DownloadError(f"the manifest gives no files_val/files_train stats for {name}")
+    name = entry["name"]
+    index = manifest["datasets"].index(entry)
+    refuse_malformed(field_problems(entry, ENTRY_SCHEMA, source, f"datasets[{index}]"))
+    files_val, files_train = entry["stats"]["files_val"], entry["stats"]["files_train"]
     if train_shards > files_train:
         raise UserError(f"--train-shards {train_shards} requested but {name} has only {files_train} train "
                         f"shards (per {source}); use --train-shards {files_train} or less")
     tokenizer = find(manifest.get("tokenizers"), entry.get("tokenizer_name"))
     if tokenizer is None:
-        raise DownloadError(f"the manifest has no tokenizer {entry.get('tokenizer_name')!r} for {name}")
+        raise UserError(f"{source} has no tokenizer {entry.get('tokenizer_name')!r} for {name}; fix or delete "
+                        f"that manifest")
+    index = manifest["tokenizers"].index(tokenizer)
+    refuse_malformed(field_problems(tokenizer, TOKENIZER_SCHEMA, source, f"tokenizers[{index}]"))
     optional = tokenizer.get("optional", [])
     tokenizer_files = [(tokenizer[k], k in optional) for k in ("model_path", "vocab_path", "path") if tokenizer.get(k)]
     if not tokenizer_files:
-        raise DownloadError(f"the manifest gives no file for tokenizer {tokenizer['name']!r}")
+        raise UserError(f"{source} gives no file for tokenizer {tokenizer['name']!r} (no model_path, vocab_path or "
+                        f"path); fix or delete that manifest")
     shards = [f"datasets/{name}/fineweb_val_{i:06d}.bin" for i in range(files_val)]
     shards += [f"datasets/{name}/fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     docs = [(p, False) for p in DOCS_FILES] if with_docs else []
@@ -353,10 +462,70 @@ def environment() -> tuple[str | None, str]:
     return repo_id, prefix
 
 
+def import_caseops():
+    """data/caseops.py (numpy, sentencepiece), checked before anything is downloaded."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ written into data/
+    try:
+        import caseops
+        import sentencepiece  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"the CaseOps variant recomputes its byte sidecar and needs {e.name}: "
+                        f"pip install -r requirements.txt")
+    finally:
+        sys.dont_write_bytecode = bytecode
+    return caseops
+
+
+def shard_file(values) -> bytes:
+    header = struct.pack("<256i", MAGIC, VERSION, len(values), *[0] * 253)
+    return header + values.astype("<u2").tobytes()
+
+
+def recompute_sidecars(caseops, folder: Path, model: Path, files_val: int) -> str:
+    """Write fineweb_val_bytes_NNNNNN.bin from the val tokens with caseops.stream_sidecar (the builder's
+    code): per token, the bytes of the decoded original text. Returns a line comparing the totals."""
+    import numpy as np
+    import sentencepiece as spm
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+    except (RuntimeError, OSError) as e:
+        raise DownloadError(f"{model} is not a SentencePiece model ({e}); delete it and rerun")
+    shards = [np.fromfile(folder / f"fineweb_val_{i:06d}.bin", dtype="<u2", offset=HEADER_BYTES)
+              for i in range(files_val)]
+    try:
+        sidecar = caseops.stream_sidecar(sp, np.concatenate(shards) if shards else np.zeros(0, np.uint16),
+                                         sp.bos_id())
+    except ValueError as e:
+        raise DownloadError(f"cannot compute the byte sidecar: {e}; the val shards do not match {model.name}")
+    written, start = 0, 0
+    for i, tokens in enumerate(shards):
+        data = shard_file(sidecar[start:start + len(tokens)])
+        start += len(tokens)
+        target = folder / f"fineweb_val_bytes_{i:06d}.bin"
+        if not target.is_file() or target.read_bytes() != data:
+            write_atomic_bytes(target, data)
+            written += 1
+    ours = int(sidecar.sum(dtype=np.int64))
+    line = (f"byte sidecar: {ours:,} bytes over {len(sidecar):,} val tokens, recomputed from the tokens "
+            f"({written} file(s) written, fineweb_val_bytes_*.bin)")
+    published = [folder / f"published_val_bytes_{i:06d}.bin" for i in range(files_val)]
+    if published and all(is_complete_shard(p) for p in published):
+        values = [np.fromfile(p, dtype="<u2", offset=HEADER_BYTES) for p in published]
+        theirs = sum(int(v.sum(dtype=np.int64)) for v in values)
+        change = f"{(theirs - ours) / ours:+.4%}" if ours else "n/a"
+        line += f"; the published sidecar counts {theirs:,} raw input bytes ({change})"
+        if [len(v) for v in values] != [len(t) for t in shards]:
+            line += f" but has {sum(map(len, values)):,} entries, not one per val token"
+    return line
+
+
 def run(variant: str, train_shards: int, with_docs: bool, data_dir: Path, skip_manifest: bool = False) -> None:
     name = dataset_name(variant)
+    variant = canonical(variant)
     env_repo, prefix = environment()
     repo_id = env_repo or BUILTIN_VARIANTS.get(variant, {}).get("repo_id", DEFAULT_REPO_ID)
+    caseops = import_caseops() if BUILTIN_VARIANTS.get(variant, {}).get("caseops") else None
 
     def remote(relative: str) -> str:
         return posixpath.join(prefix, relative) if prefix else relative
@@ -374,15 +543,20 @@ def run(variant: str, train_shards: int, with_docs: bool, data_dir: Path, skip_m
         size = fetch(repo_id, remote(remote_path), local, is_complete_shard, force=True)
         progress.shard(local.name, size)
         fetched += 1
+    folder = data_dir / "datasets" / name
+    files_val = len(shards) - train_shards
+    if caseops:  # the published sidecar, under a name the trainer's fineweb_val_bytes_*.bin does not match
+        other_jobs += [(f"datasets/{name}/fineweb_val_bytes_{i:06d}.bin",
+                        folder / f"published_val_bytes_{i:06d}.bin", True) for i in range(files_val)]
     skipped_optional = []
     for remote_path, local, optional in other_jobs:
+        complete = is_complete_shard if local.name.startswith("published_val_bytes_") else Path.is_file
         try:
-            fetched += bool(fetch(repo_id, remote(remote_path), local, Path.is_file))
+            fetched += bool(fetch(repo_id, remote(remote_path), local, complete))
         except MissingRemoteFile:
             if not optional:
                 raise
             skipped_optional.append(remote_path)
-    folder = data_dir / "datasets" / name
     folder.mkdir(parents=True, exist_ok=True)
     model = other_jobs[0][1]
     digest = record_tokenizer_sha256(folder, model)
@@ -390,6 +564,8 @@ def run(variant: str, train_shards: int, with_docs: bool, data_dir: Path, skip_m
     print(f"{fetched} file(s) fetched, {total - fetched} already complete"
           + (f", {', '.join(skipped_optional)} not in the repository" if skipped_optional else "")
           + f"; {shown(folder / SHA256_FILE)}: {digest[:16]}... {model.name}")
+    if caseops:
+        print(recompute_sidecars(caseops, folder, model, files_val), flush=True)
     print(f"DATA_PATH={shown(folder)} TOKENIZER_PATH={shown(model)} VOCAB_SIZE={tokenizer.get('vocab_size', '?')}")
 
 
@@ -416,7 +592,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("train_shards_positional", nargs="?", type=train_shard_count, metavar="N",
                    help="same as --train-shards N (the form some published commands use)")
     p.add_argument("--variant", default="sp1024",
-                   help="sp<VOCAB> (sp1024, sp4096, sp8192, ...) or byte260 (default sp1024)")
+                   help="sp<VOCAB> (sp1024, sp4096, sp8192, ...), byte260, or sp8192_caseops (alias of the records' "
+                        f"{CASEOPS_VARIANT}: CaseOps text, byte sidecar recomputed) (default sp1024)")
     p.add_argument("--train-shards", type=train_shard_count, metavar="N",
                    help=f"how many train shards to fetch, from the first (default {DEFAULT_TRAIN_SHARDS}; "
                         f"100M tokens, 200 MB each)")

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROG = "make_submission.py"
@@ -48,19 +48,6 @@ PER_RUN_SETTINGS = frozenset({
     "SEED", "RUN_ID", "DATA_PATH", "TOKENIZER_PATH", "ARTIFACT_PATH",
     "CHECKPOINT_PATH", "CHECKPOINT_EVERY", "RESUME_FROM",
 })
-# Keys of the run summary and the type each must have (int also accepted for float).
-SUMMARY_KEYS = {
-    "run_id": str, "mode": str, "seed": int, "code_sha256": str, "code_bytes": int,
-    "config": dict, "non_default": dict, "launch": str, "world_size": int,
-    "device": str, "device_name": str, "hardware": str, "python": str, "torch": str,
-    "steps": int, "step_avg_ms": float, "train_time_s": float, "stop_reason": str,
-    "prequant_val_loss": float, "prequant_val_bpb": float,
-    "roundtrip_val_loss": float, "roundtrip_val_bpb": float,
-    "val_loss": float, "val_bpb": float, "eval_stride": int, "eval_seq_len": int,
-    "val_tokens": int, "val_full": bool, "eval_time_s": float,
-    "total_eval_time_s": float, "artifact_bytes": int, "bytes_total": int,
-    "size_cap": int, "over_cap": bool, "artifact_path": str,
-}
 # Optional keys of newer summaries: package versions, a string or null (null = not installed).
 VERSION_KEYS = ("cuda", "flash_attn", "numpy", "sentencepiece", "zstandard")
 # The challenge's name for the final score; train_gpt.py's last log line repeats its own score under it.
@@ -84,6 +71,176 @@ class InputError(Exception):
         return "; ".join(self.messages)
 
 
+# ----------------------------------------------------------------------------- field schemas
+# Every field the tool uses, of a run summary or of a log line, is checked against a Field by
+# check_fields() before anything reads it; fields the tool does not use (newer train_gpt.py
+# versions add some) are accepted as they are.
+MAX_BYTES = 10 ** 12                 # any byte count: artifact, code, total
+MAX_SUMMARY_BYTES = 4 * 2 ** 20      # a run summary is a few kB
+MAX_LOG_BYTES = 256 * 2 ** 20        # 20,000 steps, every one printed, make about 3 MB
+MAX_LINE_CHARS = 2 ** 20             # the longest line: an old log's summary_json line, a few kB
+TEXT = r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+"
+TEXT_WHAT = "one line of text (not empty, no control characters)"
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one field must be. kind: "int", "float" (finite; an integer is accepted too),
+    "bool", "str" or "object". lo, hi: the closed range of a number. choices: the values a str
+    may take. pattern: a regular expression a str, or every key of an object, must match in
+    full; `what` names it in a problem. fields: an object's own schema (Field by key; keys not
+    in it are not checked); values: what each value of an object must be. optional: may be
+    absent; null: may be null (None). unit: a suffix a log line prints after a number ("ms")."""
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    pattern: str | None = None
+    what: str = ""
+    optional: bool = False
+    null: bool = False
+    fields: dict | None = None
+    values: Field | None = None
+    unit: str = ""
+
+
+EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "object": "an object"}
+
+
+def _shown(value) -> str:
+    """A value as JSON writes it (NaN, null, "text"), cut to 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON, or an integer of more digits than str() writes
+        text = repr(value) if not isinstance(value, int) else f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def check_value(value, spec: Field, name: str) -> list[str]:
+    """The problems of one value against its Field ([] when it is fine); each names `name`."""
+    if value is None and spec.null:
+        return []
+    shown = f"{name}={_shown(value)}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {"int": isinstance(value, int) and number, "float": number, "bool": isinstance(value, bool),
+          "str": isinstance(value, str), "object": isinstance(value, dict)}[spec.kind]
+    if not ok:
+        return [f"{shown} is not {EXPECTED[spec.kind]}" + (" or null" if spec.null else "")]
+    if spec.kind == "float" and isinstance(value, float) and not math.isfinite(value):
+        return [f"{shown} is not a finite number"]
+    if number and spec.lo is not None and not spec.lo <= value <= spec.hi:  # exact for any integer
+        return [f"{shown} is not in [{_bound(spec.lo)}, {_bound(spec.hi)}]"]
+    if spec.kind == "str":
+        if spec.choices and value not in spec.choices:
+            return [f"{shown} is not one of {', '.join(map(_shown, spec.choices))}"]
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
+            return [f"{shown} is not {spec.what}"]
+    problems = []
+    if spec.kind == "object":
+        for key, item in value.items():
+            if spec.pattern and not re.fullmatch(spec.pattern, key):
+                problems.append(f"{name} has the key {_shown(key)}, which is not {spec.what}")
+            elif spec.values is not None:
+                problems += check_value(item, spec.values, f"{name}.{key}")
+        if spec.fields:
+            problems += check_fields(value, spec.fields, name)
+    return problems
+
+
+def check_fields(record: dict, schema: dict, name: str = "") -> list[str]:
+    """The problems of `record` (a summary or a log line's fields) against `schema` (field name ->
+    Field), in the schema's order: one "lacks a, b" for the required fields that are absent, then
+    one problem per bad field, e.g. 'val_bpb="1.2" is not a number'. [] when every field the
+    schema names is fine; keys it does not name are not looked at. `name` prefixes nested fields."""
+    if not isinstance(record, dict):
+        return [f"{name or 'it'}={_shown(record)} is not an object"]
+    missing = [key for key, spec in schema.items() if not spec.optional and key not in record]
+    problems = [f"{name + ' ' if name else ''}lacks {', '.join(missing)}"] if missing else []
+    for key, spec in schema.items():
+        if key in record:
+            problems += check_value(record[key], spec, f"{name}.{key}" if name else key)
+    return problems
+
+
+def _from_text(text: str, spec: Field):
+    """A log line's field as the value its Field expects, or the text itself when it is not one
+    (check_value then says what is wrong with it)."""
+    if spec.kind not in ("int", "float"):
+        return text
+    digits = text[: -len(spec.unit)] if spec.unit and text.endswith(spec.unit) else text
+    try:
+        if spec.kind == "int" and re.fullmatch(r"[+-]?[0-9]+", digits):
+            return int(digits)
+        if spec.kind == "float" and "_" not in digits and digits.isascii():
+            return float(digits)
+    except ValueError:  # e.g. more digits than int() converts
+        pass
+    return text
+
+
+def _problem_list(problems: list[str], most: int = 6) -> str:
+    shown = "; ".join(problems[:most])
+    return shown + (f"; and {len(problems) - most} more" if len(problems) > most else "")
+
+
+_TEXT = Field("str", pattern=TEXT, what=TEXT_WHAT)
+_VERSION = Field("str", pattern=r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,99}",
+                 what="a version (e.g. 2.1.3 or 2.6.0+cu128)")
+_HEX = Field("str", pattern=r"[0-9a-f]{64}", what="a sha256 (64 lowercase hex digits)")
+_BYTES = Field("int", 1, MAX_BYTES)
+_SECONDS = Field("float", 0, 1e8)
+_LOSS = Field("float", 0, 1e6)  # nats or bits per byte; >= 0, finite
+_SETTINGS = Field("object", pattern=r"[A-Za-z_][A-Za-z0-9_]{0,99}", what="a setting name")
+# The run summary (logs/<RUN_ID>.json, or an old log's summary_json line): what the tool reads.
+SUMMARY_SCHEMA = {
+    "run_id": _TEXT, "mode": Field("str", choices=("train", "eval_only")),
+    "seed": Field("int", 0, 2 ** 32 - 1), "code_sha256": _HEX, "code_bytes": _BYTES,
+    "config": replace(_SETTINGS, fields={"VOCAB_SIZE": Field("int", 2, 65536, optional=True)}),
+    "non_default": _SETTINGS, "launch": _TEXT, "world_size": Field("int", 1, 2 ** 20),
+    "device": _TEXT, "device_name": _TEXT, "hardware": _TEXT, "python": _VERSION, "torch": _VERSION,
+    **{key: replace(_VERSION, optional=True, null=True) for key in VERSION_KEYS},
+    "compressor_packages": Field("object", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}",
+                                 what="a package name", values=replace(_VERSION, null=True),
+                                 optional=True, null=True),
+    "steps": Field("int", 0, 10 ** 9), "step_avg_ms": Field("float", 0, 1e9),
+    "train_time_s": _SECONDS, "stop_reason": _TEXT,
+    "prequant_val_loss": _LOSS, "prequant_val_bpb": _LOSS,
+    "roundtrip_val_loss": _LOSS, "roundtrip_val_bpb": _LOSS, "val_loss": _LOSS, "val_bpb": _LOSS,
+    "eval_stride": Field("int", 1, 2 ** 20), "eval_seq_len": Field("int", 0, 2 ** 20),
+    "val_tokens": Field("int", 1, 10 ** 13), "val_full": Field("bool"),
+    "eval_time_s": _SECONDS, "total_eval_time_s": _SECONDS,
+    "artifact_bytes": _BYTES, "code_bytes_counted": replace(_BYTES, optional=True),
+    "bytes_total": _BYTES, "size_cap": _BYTES, "over_cap": Field("bool"),
+}
+# The log lines the tool reads (by kind, see _line_fields) and their fields it uses.
+LINE_SCHEMAS = {
+    "train_gpt": {"run_id": _TEXT},
+    "code": {"sha256": _HEX, "bytes": _BYTES},
+    "versions": {key: replace(_VERSION, optional=True) for key in ("numpy", "sentencepiece", "zstandard")},
+    "device": {"attention": Field("str", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}",
+                                  what="a kernel name (e.g. fa3)", optional=True)},
+    "model_params": {"params": Field("int", 1, 10 ** 13)},
+    "peak memory": {"allocated": Field("float", 0, 1e9, unit="MiB"),
+                    "reserved": Field("float", 0, 1e9, unit="MiB")},
+    "Total submission size": {"bytes": _BYTES},
+    "summary:": {"file": Field("str", pattern=TEXT, what="a file name")},
+    "step": {"step": Field("int", 0, 10 ** 9), "train_loss": replace(_LOSS, optional=True),
+             "val_bpb": replace(_LOSS, optional=True)},
+    "final_*_exact": {"val_loss": _LOSS, "val_bpb": _LOSS,
+                      "eval_time": Field("float", 0, 1e11, unit="ms", optional=True),
+                      "stride": Field("int", 1, 2 ** 20, optional=True)},
+    "final_size": {"artifact_bytes": _BYTES, "code_bytes": _BYTES, "total_bytes": _BYTES,
+                   "cap": _BYTES, "status": Field("str", choices=("ok", "OVER_CAP"))},
+}
+LINE_FIX = ("train_gpt.py writes each line once and never edits one: restore the log from the "
+            "run, or rerun")
+
+
 # ----------------------------------------------------------------------------- parsing
 @dataclass
 class Run:
@@ -96,6 +253,7 @@ class Run:
     code_headers: list = field(default_factory=list)  # [{"sha256":..,"bytes":..}]
     finals: dict = field(default_factory=dict)        # "final_sliding_exact" -> fields
     final_order: list = field(default_factory=list)   # names of the final_* lines, in log order
+    final_lines: dict = field(default_factory=dict)   # final line name -> its line numbers
     train_loss: dict = field(default_factory=dict)    # step -> train_loss
     val_bpb: dict = field(default_factory=dict)       # step -> val_bpb (periodic)
     versions: dict = field(default_factory=dict)      # the `versions` header line
@@ -125,72 +283,114 @@ def _fields(tokens) -> dict:
     return out
 
 
-def _num(text: str) -> float:
-    for unit in ("ms", "%"):
-        if text.endswith(unit):
-            text = text[: -len(unit)]
-    return float(text)
+def _after(tokens, word: str) -> dict:
+    """{word without ':': the token after `word`}, or {} when `word` is not followed by one."""
+    i = tokens.index(word) if word in tokens else len(tokens)
+    return {word.rstrip(":"): tokens[i + 1]} if i + 1 < len(tokens) else {}
 
 
-def _num_or_text(text: str):
-    """A final line's value: a number where it is one (status:ok, counted:raw stay text)."""
-    try:
-        return _num(text)
-    except ValueError:
-        return text
+def _line_fields(line: str, tokens: list) -> tuple[str, str, dict] | None:
+    """(kind, label, {field: text}) of a line the tool reads, None for any other line."""
+    head = tokens[0]
+    if head == "train_gpt":
+        return "train_gpt", "header", _fields(tokens[1:])
+    if head == "code" and len(tokens) >= 2 and tokens[1].startswith("sha256:"):
+        return "code", "code", _fields(tokens[1:])
+    if head in ("versions", "device"):
+        return head, head, _fields(tokens[1:])
+    if head.startswith("model_params:"):
+        return "model_params", "model_params", {"params": head.split(":", 1)[1]}
+    if head == "model" and len(tokens) >= 2 and tokens[1].startswith("params:"):
+        return "model_params", "model params", {"params": tokens[1].split(":", 1)[1]}
+    if line.startswith("peak memory allocated:"):
+        return "peak memory", "peak memory", {**_after(tokens, "allocated:"), **_after(tokens, "reserved:")}
+    if line.startswith("Total submission size:"):
+        return "Total submission size", "Total submission size", ({"bytes": tokens[3]}
+                                                                   if len(tokens) > 3 else {})
+    if head == "summary:":
+        return "summary:", "summary:", {"file": line[len("summary:"):].strip()}
+    if head.startswith("step:"):
+        found = _fields(tokens)
+        found["step"] = found["step"].split("/")[0]
+        return "step", "step", found
+    if head.startswith("final_") and head.endswith("_exact"):
+        return "final_*_exact", head, _fields(tokens[1:])
+    if head == "final_size":
+        return "final_size", head, _fields(tokens[1:])
+    return None
 
 
-PEAK_RE = re.compile(r"peak memory allocated:\s*([0-9.]+)\s*MiB\s+reserved:\s*([0-9.]+)\s*MiB")
-TOTAL_RE = re.compile(r"Total submission size:\s*(\d+)\s*bytes")
+def _log_lines(fh, path: Path):
+    """(number, line) of each line, stripped; refuses a line too long to be train_gpt.py's."""
+    number = 0
+    while raw := fh.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(raw) > MAX_LINE_CHARS and not raw.endswith("\n"):
+            raise InputError(f"log {path}: line {number} is longer than {MAX_LINE_CHARS:,} characters, "
+                             f"more than any line train_gpt.py writes; {LOG_FIX}")
+        yield number, raw.strip()
 
 
 def _read_lines(run: Run) -> str | None:
-    """Fill `run` from the log's lines; returns the text of its last summary_json line."""
+    """Fill `run` from the log's lines, each line the tool reads checked against its schema in
+    LINE_SCHEMAS (InputError at the first bad one); returns the text of the last summary_json
+    line. A header line starts a new attempt (a resumed run appends to its log): only the last
+    attempt's final lines count."""
     summary_text = None
     with open(run.path, encoding="utf-8", errors="replace") as fh:
-        for raw in fh:
-            line = raw.strip()
+        for number, line in _log_lines(fh, run.path):
             tokens = line.split()
             if not tokens:
                 continue
             run.last_line = line
-            head = tokens[0]
-            try:
-                if line.startswith("summary_json:"):
-                    summary_text = line[len("summary_json:"):].strip()
-                elif head == "summary:" and len(tokens) >= 2:
-                    run.summary_ref = line[len("summary:"):].strip()
-                elif head == "train_gpt":
-                    run.headers.append(_fields(tokens[1:]))
-                elif head == "code" and len(tokens) >= 3 and tokens[1].startswith("sha256:"):
-                    f = _fields(tokens[1:])
-                    run.code_headers.append({"sha256": f["sha256"], "bytes": int(f["bytes"])})
-                elif head == "versions":
-                    run.versions.update(_fields(tokens[1:]))
-                elif head == "device" and "attention" in (f := _fields(tokens[1:])):
-                    run.attention = f["attention"]
-                elif head.startswith("model_params:"):
-                    run.model_params = int(head.split(":", 1)[1])
-                elif head == "model" and len(tokens) >= 2 and tokens[1].startswith("params:"):
-                    run.model_params = int(tokens[1].split(":", 1)[1])
-                elif line.startswith("peak memory allocated:") and (m := PEAK_RE.match(line)):
-                    run.peak_memory = {"allocated_mib": float(m.group(1)),
-                                       "reserved_mib": float(m.group(2))}
-                elif line.startswith("Total submission size:") and (m := TOTAL_RE.match(line)):
-                    run.total_size = int(m.group(1))
-                elif head.startswith("step:"):
-                    f = _fields(tokens)
-                    step = int(f["step"].split("/")[0])
-                    if "train_loss" in f:
-                        run.train_loss[step] = _num(f["train_loss"])
-                    if "val_bpb" in f:
-                        run.val_bpb[step] = _num(f["val_bpb"])
-                elif head.startswith("final_"):
-                    run.finals[head] = {k: _num_or_text(v) for k, v in _fields(tokens[1:]).items()}
-                    run.final_order.append(head)
-            except (KeyError, ValueError, IndexError):
-                continue  # a line that only looks like ours; the summary is what counts
+            if line.startswith("summary_json:"):
+                summary_text = line[len("summary_json:"):].strip()
+                continue
+            found = _line_fields(line, tokens)
+            if found is None:
+                continue  # a line the tool does not read: newer train_gpt.py versions add some
+            kind, label, raw = found
+            schema = LINE_SCHEMAS[kind]
+            f = {key: _from_text(text, schema[key]) if key in schema else text for key, text in raw.items()}
+            problems = check_fields(f, schema)
+            if problems:
+                raise InputError(f"log {run.path}: line {number}, {label}: {_problem_list(problems)}; "
+                                 f"{LINE_FIX}")
+            if kind == "train_gpt":
+                run.headers.append(f)
+                run.finals, run.final_order, run.final_lines, run.total_size = {}, [], {}, None
+            elif kind == "code":
+                run.code_headers.append({"sha256": f["sha256"], "bytes": f["bytes"]})
+            elif kind == "versions":
+                run.versions.update(f)
+            elif kind == "device" and "attention" in f:
+                run.attention = f["attention"]
+            elif kind == "model_params":
+                run.model_params = f["params"]
+            elif kind == "peak memory":
+                run.peak_memory = {"allocated_mib": f["allocated"], "reserved_mib": f["reserved"]}
+            elif kind == "Total submission size":
+                run.total_size = f["bytes"]
+                run.final_lines.setdefault(kind, []).append(number)
+            elif kind == "summary:":
+                run.summary_ref = f["file"]
+            elif kind == "step":
+                if "train_loss" in f:
+                    run.train_loss[f["step"]] = f["train_loss"]
+                if "val_bpb" in f:
+                    run.val_bpb[f["step"]] = f["val_bpb"]
+            else:  # final_*_exact, final_size
+                run.finals[label] = f
+                run.final_order.append(label)
+                run.final_lines.setdefault(label, []).append(number)
     return summary_text
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists() or path.is_symlink()
+    except (OSError, ValueError):  # e.g. a name too long
+        return False
 
 
 def _summary_file(log: Path, ref: str | None) -> Path | None:
@@ -204,53 +404,80 @@ def _summary_file(log: Path, ref: str | None) -> Path | None:
             candidates.append(named)
     candidates.append(log.with_suffix(".json"))
     for c in candidates:
-        if c != log and (c.exists() or c.is_symlink()):
+        if c != log and _exists(c):
             return c
     return None
 
 
-def _json_object(text: str, where: str, fix: str) -> dict:
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise InputError(f"{where} is not valid JSON ({str(e)[:120]}); {fix}") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{where} is not a JSON object (it is a {type(obj).__name__}); {fix}")
+def _unique_keys(pairs) -> dict:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {_shown(key)} appears twice")
+        obj[key] = value
     return obj
 
 
-def _check_summary(summary: dict, where: str, fix: str) -> None:
-    missing = [k for k in SUMMARY_KEYS if k not in summary]
-    if missing:
-        raise InputError(f"{where} lacks {', '.join(missing)}; {fix}")
-    for key, typ in SUMMARY_KEYS.items():
-        value = summary[key]
-        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
-        if typ is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise InputError(f"{where}: {key}={str(repr(value))[:60]} is not {typ.__name__}; {fix}")
-    for key in VERSION_KEYS + ("python", "torch"):
-        if key in summary and not (summary[key] is None or isinstance(summary[key], str)):
-            raise InputError(f"{where}: {key}={summary[key]!r} is not a version string or null; {fix}")
-    packages = summary.get("compressor_packages")
-    if packages is not None and not (isinstance(packages, dict) and all(
-            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in packages.items())):
-        raise InputError(f"{where}: compressor_packages is not an object of name: version; {fix}")
+def load_json(text: str):
+    """json.loads that refuses an object with a key twice (ValueError), as an edited file may have."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+              bool: "true or false", type(None): "null"}
+
+
+def _json_object(text: str, where: str, fix: str) -> dict:
+    try:
+        obj = load_json(text)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{where} is not valid JSON ({str(e)[:120]}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where} is not a JSON object (it is {JSON_KINDS.get(type(obj), 'a value')}); "
+                         f"{fix}")
+    return obj
+
+
+def _read_summary(json_path: Path, where: str, fix: str) -> str:
+    """The text of a summary file, refused when it is not a file, not UTF-8 or too large."""
+    try:
+        if json_path.is_dir():
+            raise InputError(f"{where} is a directory, not a file; {fix}")
+        if not json_path.is_file():
+            raise InputError(f"{where} is not a regular file; {fix}")
+        size = json_path.stat().st_size
+        if size > MAX_SUMMARY_BYTES:
+            raise InputError(f"{where} is {size:,} bytes, more than a run summary can be "
+                             f"({MAX_SUMMARY_BYTES:,} at most; it holds a few kB); {fix}")
+        with open(json_path, "rb") as fh:
+            data = fh.read(MAX_SUMMARY_BYTES + 1)
+        if len(data) > MAX_SUMMARY_BYTES:
+            raise InputError(f"{where} is more than {MAX_SUMMARY_BYTES:,} bytes, more than a run "
+                             f"summary can be; {fix}")
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{where} is not UTF-8 text; {fix}") from None
+    except OSError as e:
+        raise InputError(f"{where} cannot be read ({e.strerror or e}); {fix}") from None
 
 
 def parse_log(path) -> Run:
-    """Parse one train_gpt.py log and its summary. Raises InputError if it cannot be packaged."""
+    """Parse one train_gpt.py log and its summary, every field the tool uses checked against
+    LINE_SCHEMAS and SUMMARY_SCHEMA. Raises InputError if it cannot be packaged."""
     path = Path(path)
     what = f"log {path}"
-    if not path.exists():
-        raise InputError(f"{what} does not exist; {LOG_FIX}")
-    if path.is_dir():
-        raise InputError(f"{what} is a directory, not a log file; {LOG_FIX}")
-    if not path.is_file():
-        raise InputError(f"{what} is not a regular file; {LOG_FIX}")
-    run = Run(path=path, summary={})
     try:
+        if not path.exists():
+            raise InputError(f"{what} does not exist; {LOG_FIX}")
+        if path.is_dir():
+            raise InputError(f"{what} is a directory, not a log file; {LOG_FIX}")
+        if not path.is_file():
+            raise InputError(f"{what} is not a regular file; {LOG_FIX}")
+        size = path.stat().st_size
+        if size > MAX_LOG_BYTES:
+            raise InputError(f"{what} is {size:,} bytes, more than any train_gpt.py log "
+                             f"({MAX_LOG_BYTES:,} at most); {LOG_FIX}")
+        run = Run(path=path, summary={})
         summary_text = _read_lines(run)
     except OSError as e:
         raise InputError(f"{what} cannot be read ({e.strerror or e}); check its permissions") from None
@@ -261,19 +488,11 @@ def parse_log(path) -> Run:
     if json_path is not None:
         where = f"summary {json_path} (of log {path})"
         fix = "it is the .json train_gpt.py writes when the run ends: restore it, or rerun"
-        if json_path.is_dir():
-            raise InputError(f"{where} is a directory, not a file; {fix}")
-        try:
-            text = json_path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{where} is not UTF-8 text; {fix}") from None
-        except OSError as e:
-            raise InputError(f"{where} cannot be read ({e.strerror or e}); {fix}") from None
-        summary = _json_object(text, where, fix)
+        summary = _json_object(_read_summary(json_path, where, fix), where, fix)
         run.summary_path = json_path
         if summary_text is not None:
             try:
-                run.summary_line = json.loads(summary_text)
+                run.summary_line = load_json(summary_text)
             except (ValueError, RecursionError):
                 run.summary_line = {"(not valid JSON)": summary_text[:40]}
     elif summary_text is not None:
@@ -288,17 +507,16 @@ def parse_log(path) -> Run:
         raise InputError(f"{what} has no summary (no 'summary: <file>.json' line, no "
                          f"{path.with_suffix('.json').name} next to it, no 'summary_json:' line): "
                          "the run did not finish (it died or is still running); package finished runs")
-    _check_summary(summary, where, fix)
-    logged_id = run.headers[-1].get("run_id")
-    if logged_id is not None and summary["run_id"] != logged_id:
-        raise InputError(f"{where} is of run_id {summary['run_id']!r} but the log's header says "
-                         f"run_id:{logged_id}: it belongs to another run; {fix}")
-    if summary["mode"] == "eval_only":
+    if summary.get("mode") == "eval_only":  # before the fields: an EVAL_ONLY summary has no training figures
         raise InputError(f"{what} is an EVAL_ONLY run (mode eval_only); package the training runs' "
                          "logs (logs/<RUN_ID>.txt, mode train)")
-    if summary["mode"] != "train":
-        raise InputError(f"{what}: mode is {summary['mode']!r}; only training runs (mode 'train') "
-                         f"can be packaged; {LOG_FIX}")
+    problems = check_fields(summary, SUMMARY_SCHEMA)
+    if problems:
+        raise InputError(f"{where}: {_problem_list(problems)}; {fix}")
+    logged_id = run.headers[-1]["run_id"]
+    if summary["run_id"] != logged_id:
+        raise InputError(f"{where} is of run_id {summary['run_id']!r} but the log's header says "
+                         f"run_id:{logged_id}: it belongs to another run; {fix}")
     run.summary = summary
     return run
 
@@ -327,6 +545,10 @@ def consistency_problems(run: Run) -> list[str]:
                             f"!= summary {s['code_sha256'][:12]} {s['code_bytes']}")
     if not run.code_headers:
         problems.append("no 'code sha256:' header line")
+    for name, numbers in run.final_lines.items():
+        if len(numbers) > 1:
+            problems.append(f"{name} appears {len(numbers)} times (lines {', '.join(map(str, numbers))}); "
+                            "a finished run prints it once")
     for name, loss_key, bpb_key in (("final_prequant_exact", "prequant_val_loss", "prequant_val_bpb"),
                                     ("final_roundtrip_exact", "roundtrip_val_loss", "roundtrip_val_bpb")):
         f = run.finals.get(name)
@@ -385,9 +607,6 @@ def consistency_problems(run: Run) -> list[str]:
         problems.append(f"the summary_json line differs from {run.summary_path.name}")
     if s["bytes_total"] != s.get("code_bytes_counted", s["code_bytes"]) + s["artifact_bytes"]:
         problems.append(f"bytes_total {s['bytes_total']} != code bytes + artifact_bytes")
-    for key in ("val_loss", "val_bpb", "roundtrip_val_bpb", "prequant_val_bpb"):
-        if not math.isfinite(s[key]):
-            problems.append(f"{key} is {s[key]}")
     if s["size_cap"] != SIZE_CAP:
         problems.append(f"size_cap {s['size_cap']} != {SIZE_CAP}")
     return problems

@@ -88,6 +88,21 @@ def tokenizer_with_other_bos_eos(tmp: Path) -> None:
     _train(tmp, "ids.model", byte_fallback=True, unk_id=0, bos_id=2, eos_id=3)
 
 
+def tokenizer_with_ordinary_operator_pieces(tmp: Path) -> None:
+    """Trained on CaseOps text, but without the operators as user-defined pieces."""
+    import io
+    import re
+
+    import sentencepiece as spm
+    text_source(tmp)
+    caseops = re.sub("[A-Z]", lambda m: "\ue001" + m.group().lower(), TEXT)  # TITLE + letter, as CaseOps writes it
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(caseops.splitlines() * 3), model_writer=model,
+                                   model_type="bpe", vocab_size=300, hard_vocab_limit=False, num_threads=1,
+                                   minloglevel=2, byte_fallback=True, pad_id=0, bos_id=1, eos_id=2, unk_id=3)
+    (tmp / "ordinary.model").write_bytes(model.getvalue())
+
+
 def empty_jsonl(tmp: Path) -> None:
     (tmp / "empty.jsonl").write_text('{"text": "   "}\n\n')
 
@@ -141,6 +156,11 @@ CASES = [
          env={"MATCHED_FINEWEB_REMOTE_ROOT_PREFIX": "../private"}),
     case("dl-skip-manifest-unknown-variant", DOWNLOAD, ["--variant", "sp2048", "--skip-manifest"], 2,
          "--skip-manifest: "),
+    case("dl-variant-caseops-typo", DOWNLOAD, ["--variant", "sp8192_caseop"], 2, "unknown --variant 'sp8192_caseop'"),
+    case("dl-variant-caseops-other-vocab", DOWNLOAD, ["--variant", "sp1024_caseops"], 2,
+         "unknown --variant 'sp1024_caseops': use sp<VOCAB> (e.g. sp1024, sp8192), sp8192_caseops or byte260"),
+    case("dl-variant-caseops-v2", DOWNLOAD, ["--variant", "sp8192_lossless_caps_caseops_v2_reserved"], 2,
+         "unknown --variant 'sp8192_lossless_caps_caseops_v2_reserved'"),
 
     # --- data/build_dataset.py: flags
     case("bd-vocab-zero", BUILD, ["--vocab-size", "0", *OUT], 2, "--vocab-size 0 is out of range: give 260"),
@@ -167,6 +187,11 @@ CASES = [
          "--name '../elsewhere' must be a plain folder name"),
     case("bd-name-empty", BUILD, ["--name", "", *OUT], 2, "--name '' must be a plain folder name"),
     case("bd-unknown-flag", BUILD, ["--size", "1024", *OUT], 2, "unrecognized arguments: --size"),
+    case("bd-caseops-vocab-below-operators", BUILD, ["--caseops", "--vocab-size", "262", *OUT], 2,
+         "--vocab-size 262 is out of range with --caseops: give 264 (4 special ids + 256 byte pieces + 4 CaseOps "
+         "operators) to 65536"),
+    case("bd-caseops-twice", BUILD, ["--caseops", "--caseops=yes", *OUT], 2,
+         "argument --caseops: ignored explicit argument 'yes'"),
 
     # --- data/build_dataset.py: sources and output
     case("bd-source-missing", BUILD, ["{tmp}/missing.txt", *OUT], 2, "source {tmp}/missing.txt does not exist"),
@@ -206,6 +231,14 @@ CASES = [
                                          *OUT], 2,
          "--tokenizer {tmp}/ids.model: its BOS/EOS ids are 2/3 but the challenge's shards and trainer use 1/2",
          setup="tokenizer_with_other_bos_eos"),
+    case("bd-caseops-tokenizer-without-operators", BUILD, ["{tmp}/docs.txt", "--split-paragraphs", "--caseops",
+                                                           "--tokenizer", SAMPLE_TOKENIZER, *OUT], 2,
+         "--tokenizer {sample}/../../tokenizers/sample_1024_bpe.model: it lacks user-defined pieces for the CaseOps "
+         "operators U+E001 (TITLE), U+E002 (ALLCAPS), U+E003 (CAPNEXT), U+E004 (ESC)", setup="text_source"),
+    case("bd-caseops-tokenizer-ordinary-operators", BUILD, ["{tmp}/docs.txt", "--split-paragraphs", "--caseops",
+                                                            "--tokenizer", "{tmp}/ordinary.model", *OUT], 2,
+         "--tokenizer {tmp}/ordinary.model: it lacks user-defined pieces for the CaseOps operators U+E001 (TITLE)",
+         setup="tokenizer_with_ordinary_operator_pieces"),
     case("bd-tokenizer-vocab-mismatch", BUILD, ["{tmp}/docs.txt", "--split-paragraphs", "--tokenizer",
                                                 SAMPLE_TOKENIZER, "--vocab-size", "2048", *OUT], 2,
          "--vocab-size 2048 does not match", setup="text_source"),
@@ -218,6 +251,8 @@ CASES = [
          "--verify takes no SOURCE arguments", setup="text_source"),
     case("bd-verify-vocab-zero", BUILD, ["--verify", "{sample}", "--vocab-size", "0"], 2,
          "--vocab-size 0 is out of range: give 1 to 65536"),
+    case("bd-verify-with-caseops", BUILD, ["--verify", "{sample}", "--caseops"], 2,
+         "--verify takes no --caseops: whether a dataset is CaseOps is read from its manifest.json or tokenizer"),
 ]
 
 assert len({c["id"] for c in CASES}) == len(CASES), "case ids must be unique"

@@ -272,6 +272,132 @@ def make_summary_missing_keys(tmp):
     _damaged(tmp, "nokeys.txt", edit_json=drop)
 
 
+def _set(**changes):
+    """An edit_json that sets summary keys (a key "config__X" sets config's X; None deletes)."""
+    def edit(text):
+        s = json.loads(text)
+        for key, value in changes.items():
+            node, key = (s["config"], key[8:]) if key.startswith("config__") else (s, key)
+            if value is None:
+                del node[key]
+            else:
+                node[key] = value
+        return json.dumps(s)
+    return edit
+
+
+def make_summary_bpb_string(tmp):
+    _damaged(tmp, "bpb_string.txt", edit_json=_set(val_bpb="1.2"))
+
+
+def make_summary_bpb_null(tmp):
+    _damaged(tmp, "bpb_null.txt", edit_json=lambda t: t.replace('"val_bpb": ', '"val_bpb": null, "x": '))
+
+
+def make_summary_bpb_nan(tmp):
+    _damaged(tmp, "bpb_nan.txt", edit_json=_set(val_bpb=float("nan")))
+
+
+def make_summary_bpb_list(tmp):
+    _damaged(tmp, "bpb_list.txt", edit_json=_set(val_bpb=[1.14]))
+
+
+def make_summary_negative_bytes(tmp):
+    _damaged(tmp, "negative.txt", edit_json=_set(artifact_bytes=-5))
+
+
+def make_summary_steps_float(tmp):
+    _damaged(tmp, "steps_float.txt", edit_json=_set(steps=6701.0))
+
+
+def make_summary_seed_out_of_range(tmp):
+    _damaged(tmp, "seed_range.txt", edit_json=_set(seed=2 ** 32))
+
+
+def make_summary_flag_as_number(tmp):
+    _damaged(tmp, "flag.txt", edit_json=_set(over_cap=0))
+
+
+def make_summary_mode_unknown(tmp):
+    _damaged(tmp, "mode.txt", edit_json=_set(mode="finetune"))
+
+
+def make_summary_version_injection(tmp):
+    _damaged(tmp, "inject.txt", edit_json=_set(torch="2.5.1\n--index-url http://x"))
+
+
+def make_summary_huge_number(tmp):
+    _damaged(tmp, "huge.txt", edit_json=_set(train_time_s=10 ** 400))
+
+
+def make_summary_vocab_infinite(tmp):
+    _damaged(tmp, "vocab.txt", edit_json=lambda t: t.replace('"config": {', '"config": {"VOCAB_SIZE": 1e999, '))
+
+
+def make_summary_duplicate_key(tmp):
+    _damaged(tmp, "twice.txt", edit_json=lambda t: t.replace("{", '{"val_bpb": 1.0, ', 1))
+
+
+def make_summary_null(tmp):
+    _damaged(tmp, "null.txt", edit_json=lambda t: "null")
+
+
+def make_summary_too_large(tmp):
+    """A summary of 4 MiB + 1 byte (sparse: the size alone refuses it, nothing is read)."""
+    with open(_damaged(tmp, "large.txt").with_suffix(".json"), "r+b") as fh:
+        fh.truncate(4 * 2 ** 20 + 1)
+
+
+def make_log_final_not_a_number(tmp):
+    _damaged(tmp, "final_text.txt", edit=lambda t: t.replace(
+        f"final_sliding_exact val_loss:{LOSSES[1]:.8f}", "final_sliding_exact val_loss:abc"))
+
+
+def make_log_eval_time_not_a_number(tmp):
+    _damaged(tmp, "eval_time.txt", edit=lambda t: t.replace("eval_time:169123ms", "eval_time:fast"))
+
+
+def make_log_last_line_cut(tmp):
+    _damaged(tmp, "cut.txt", edit=lambda t: t[:t.rindex(" val_bpb:") + 6])
+
+
+def make_log_step_too_large(tmp):
+    _damaged(tmp, "step_big.txt", edit=lambda t: t.replace("step:1340/", "step:" + "9" * 400 + "/", 1))
+
+
+def make_log_negative_size(tmp):
+    _damaged(tmp, "size_neg.txt", edit=lambda t: t.replace("final_size artifact_bytes:", "final_size artifact_bytes:-"))
+
+
+def make_log_status_unknown(tmp):
+    _damaged(tmp, "status.txt", edit=lambda t: t.replace(" status:ok", " status:fine"))
+
+
+def make_log_bad_code_hash(tmp):
+    _damaged(tmp, "hash.txt", edit=lambda t: t.replace("code sha256:", "code sha256:xyz", 1))
+
+
+def make_log_line_too_long(tmp):
+    _damaged(tmp, "long.txt", edit=lambda t: t.replace("\nstep:", "\nnote " + "x" * 2 ** 20 + "\nstep:", 1))
+
+
+def make_log_final_line_twice(tmp):
+    def twice(text):
+        line = next(ln for ln in text.splitlines() if ln.startswith("final_sliding_exact"))
+        return text.replace(line, line + "\n" + line)
+    _damaged(tmp, "twice.txt", edit=twice)
+
+
+def make_log_official_line_differs(tmp):
+    _damaged(tmp, "official.txt", edit=lambda t: t.replace(
+        f"final_int8_zlib_roundtrip_exact val_loss:{LOSSES[1]:.8f}",
+        "final_int8_zlib_roundtrip_exact val_loss:1.80000000"))
+
+
+def make_log_official_line_gone(tmp):
+    _damaged(tmp, "no_official.txt", edit=lambda t: t[:t.index("final_int8_zlib_roundtrip_exact")])
+
+
 def make_summary_wrong_type(tmp):
     _damaged(tmp, "badtype.txt", edit_json=lambda t: t.replace('"seed": 1,', '"seed": "1",'))
 
@@ -418,7 +544,7 @@ CASES = [
     dict(id="summary-missing-keys", setup="make_summary_missing_keys",
          args=argv(logs=(B + "nokeys.txt",)), code=2, message="lacks val_bpb, artifact_bytes"),
     dict(id="summary-wrong-type", setup="make_summary_wrong_type",
-         args=argv(logs=(B + "badtype.txt",)), code=2, message="seed='1' is not int"),
+         args=argv(logs=(B + "badtype.txt",)), code=2, message='badtype.txt): seed="1" is not an integer; '),
     dict(id="summary-of-another-run", setup="make_summary_of_other_run",
          args=argv(logs=(B + "other.txt",)), code=2, message="it belongs to another run"),
     dict(id="summary-file-gone", setup="make_summary_file_gone", args=argv(logs=(B + "gone.txt",)),
@@ -427,6 +553,70 @@ CASES = [
          args=argv(logs=(B + "jsondir.txt",)), code=2, message="is a directory, not a file"),
     dict(id="eval-only-log", setup="make_eval_only_log", args=argv(logs=(B + "s1_eval.txt",)),
          code=2, message="is an EVAL_ONLY run"),
+    # ---- a field of the summary (one problem per field, each naming it; exit 2)
+    dict(id="summary-value-a-string", setup="make_summary_bpb_string", args=argv(logs=(B + "bpb_string.txt",)),
+         code=2, message='bpb_string.txt): val_bpb="1.2" is not a number; it is the .json'),
+    dict(id="summary-value-null", setup="make_summary_bpb_null", args=argv(logs=(B + "bpb_null.txt",)),
+         code=2, message="bpb_null.txt): val_bpb=null is not a number; "),
+    dict(id="summary-value-nan", setup="make_summary_bpb_nan", args=argv(logs=(B + "bpb_nan.txt",)),
+         code=2, message="bpb_nan.txt): val_bpb=NaN is not a finite number; "),
+    dict(id="summary-value-a-list", setup="make_summary_bpb_list", args=argv(logs=(B + "bpb_list.txt",)),
+         code=2, message="bpb_list.txt): val_bpb=[1.14] is not a number; "),
+    dict(id="summary-negative-byte-count", setup="make_summary_negative_bytes",
+         args=argv(logs=(B + "negative.txt",)), code=2,
+         message="negative.txt): artifact_bytes=-5 is not in [1, 1000000000000]; "),
+    dict(id="summary-steps-a-float", setup="make_summary_steps_float", args=argv(logs=(B + "steps_float.txt",)),
+         code=2, message="steps_float.txt): steps=6701.0 is not an integer; "),
+    dict(id="summary-seed-out-of-range", setup="make_summary_seed_out_of_range",
+         args=argv(logs=(B + "seed_range.txt",)), code=2,
+         message="seed_range.txt): seed=4294967296 is not in [0, 4294967295]; "),
+    dict(id="summary-flag-a-number", setup="make_summary_flag_as_number", args=argv(logs=(B + "flag.txt",)),
+         code=2, message="flag.txt): over_cap=0 is not true or false; "),
+    dict(id="summary-mode-unknown", setup="make_summary_mode_unknown", args=argv(logs=(B + "mode.txt",)),
+         code=2, message='mode.txt): mode="finetune" is not one of "train", "eval_only"; '),
+    dict(id="summary-version-with-a-line-break", setup="make_summary_version_injection",
+         args=argv(logs=(B + "inject.txt",)), code=2,
+         message='inject.txt): torch="2.5.1\\n--index-url http://x" is not a version'),
+    dict(id="summary-number-of-400-digits", setup="make_summary_huge_number", args=argv(logs=(B + "huge.txt",)),
+         code=2, message="huge.txt): train_time_s=1000000000000000000000000000000000000... is not in [0, 100000000]"),
+    dict(id="summary-config-value-infinite", setup="make_summary_vocab_infinite",
+         args=argv(logs=(B + "vocab.txt",)), code=2,
+         message="vocab.txt): config.VOCAB_SIZE=Infinity is not an integer"),
+    dict(id="summary-key-twice", setup="make_summary_duplicate_key", args=argv(logs=(B + "twice.txt",)),
+         code=2, message='twice.txt) is not valid JSON (the key "val_bpb" appears twice)'),
+    dict(id="summary-null", setup="make_summary_null", args=argv(logs=(B + "null.txt",)),
+         code=2, message="null.txt) is not a JSON object (it is null)"),
+    dict(id="summary-too-large", setup="make_summary_too_large", args=argv(logs=(B + "large.txt",)),
+         code=2, message="large.txt) is 4,194,305 bytes, more than a run summary can be"),
+    # ---- a line of the log (the first bad line, by number; exit 2)
+    dict(id="log-final-value-not-a-number", setup="make_log_final_not_a_number",
+         args=argv(logs=(B + "final_text.txt",)), code=2,
+         message='final_text.txt: line 19, final_sliding_exact: val_loss="abc" is not a number; '),
+    dict(id="log-eval-time-not-a-number", setup="make_log_eval_time_not_a_number",
+         args=argv(logs=(B + "eval_time.txt",)), code=2,
+         message='eval_time.txt: line 19, final_sliding_exact: eval_time="fast" is not a number; '),
+    dict(id="log-last-line-cut", setup="make_log_last_line_cut", args=argv(logs=(B + "cut.txt",)), code=2,
+         message="cut.txt: line 23, final_int8_zlib_roundtrip_exact: lacks val_bpb; "),
+    dict(id="log-step-of-400-digits", setup="make_log_step_too_large", args=argv(logs=(B + "step_big.txt",)),
+         code=2, message="step_big.txt: line 8, step: step=9999999999999999999999999999999999999... is not in"),
+    dict(id="log-negative-byte-count", setup="make_log_negative_size", args=argv(logs=(B + "size_neg.txt",)),
+         code=2, message="size_neg.txt: line 20, final_size: artifact_bytes=-15800001 is not in [1, 1000000000000]"),
+    dict(id="log-size-status-unknown", setup="make_log_status_unknown", args=argv(logs=(B + "status.txt",)),
+         code=2, message='status.txt: line 20, final_size: status="fine" is not one of "ok", "OVER_CAP"'),
+    dict(id="log-code-hash-not-hex", setup="make_log_bad_code_hash", args=argv(logs=(B + "hash.txt",)),
+         code=2, message="hash.txt: line 2, code: sha256=\"xyz"),
+    dict(id="log-line-too-long", setup="make_log_line_too_long", args=argv(logs=(B + "long.txt",)), code=2,
+         message="long.txt: line 7 is longer than 1,048,576 characters"),
+    # ---- a log whose final lines contradict its summary or repeat (refused by a check: exit 1)
+    dict(id="log-final-line-twice", setup="make_log_final_line_twice", args=argv(logs=(B + "twice.txt",)),
+         code=1, message="REFUSED: check log_consistency failed: seed 1: final_sliding_exact appears 2 times "
+                         "(lines 19, 20); a finished run prints it once"),
+    dict(id="log-official-line-differs", setup="make_log_official_line_differs",
+         args=argv(logs=(B + "official.txt",)), code=1,
+         message="seed 1: final_int8_zlib_roundtrip_exact val_loss:1.8 != summary val_loss 1.9301234567"),
+    dict(id="log-official-line-gone", setup="make_log_official_line_gone",
+         args=argv(logs=(B + "no_official.txt",)), code=1,
+         message="seed 1: no final_int8_zlib_roundtrip_exact line (the official score line"),
     # ---- runs that cannot be one submission (exit 1: refused by a check)
     dict(id="different-settings", setup="make_other_settings",
          args=argv(logs=("{log}", B + "s2_layers12.txt")), code=1,

@@ -45,6 +45,15 @@ def run_trainer(cwd, env, nproc=0, timeout=300):
                           text=True, timeout=timeout)
 
 
+def rounding_tolerance(values: list[float], floor: float) -> float:
+    """How far one more run of a computation may land from `values`, runs of the same function whose rounding differs
+    (thread counts, another attention backward). Training amplifies rounding differences chaotically, by an amount
+    that depends on the CPU's fp32 kernels, so the bound is measured in the test itself: 5x the spread of `values`. A
+    spread of a few runs can come out small by chance, so never below `floor`: 4x the largest spread seen on any machine
+    so far (each test names its figure)."""
+    return max(5 * (max(values) - min(values)), floor)
+
+
 def train_losses(text: str) -> list[tuple[int, float]]:
     """(step, train_loss) of every train step line in a log."""
     return [(int(s), float(v)) for s, v in re.findall(r"step:(\d+)/\d+ train_loss:(\S+)", text)]

@@ -129,15 +129,35 @@ def huge_frame(blob: bytes) -> bytes:
     return reheader(blob, body=bytes(frame) + blob[head + size + first:-32], streams__0__size=len(frame))
 
 
+def shift_array(header, by: int) -> None:
+    """Move the second array of the first stream holding two by `by` bytes (its bytes stay in bounds)."""
+    arrays = [a for t in header["tensors"] for a in t["arrays"].values()]
+    stream = next(s for s in range(len(header["streams"])) if sum(a[0] == s for a in arrays) >= 2)
+    second = sorted((a for a in arrays if a[0] == stream), key=lambda a: a[1])[1]
+    second[1] += by
+
+
 def save(ws, name, data):
     (ws / name).write_bytes(data)
 
 
-def checkpoint_of(ws, name, cfg_changes=None, model_cfg_changes=None):
+def checkpoint_of(ws, name, cfg_changes=None, model_cfg_changes=None, **fields):
+    """A complete checkpoint of the workspace's run, as train() writes it, with `fields` replaced (a callable gets the
+    field's value and returns the new one; tg.__name__ as a value removes the field)."""
     cfg = tg.config_from_env()[0]  # the workspace's settings
     model_cfg = tg.Config(**{**asdict(cfg), **(model_cfg_changes or {})})
-    state = dict(model=tg.GPT(model_cfg).state_dict(), config={**asdict(cfg), **(cfg_changes or {})})
-    tg.save_checkpoint(ws / name, state)
+    model = tg.GPT(model_cfg)
+    optimizers = tg.build_optimizers(model, model_cfg, tg.Runtime(0, 1, torch.device("cpu"), None, None))
+    files = tg.find_shards(str(ws / "data"), "train")
+    state = dict(model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers], config={
+        **asdict(cfg), **(cfg_changes or {})}, loader=dict(file_idx=0, pos=0), swa=dict(sums=None, count=0), ema=None,
+        step=0, training_ms=0.0, looping=False, rng=torch.get_rng_state(),
+        data=[[f.name, (f.stat().st_size - 1024) // 2] for f in files])
+    for key, value in fields.items():
+        state[key] = value(state[key]) if callable(value) else value
+        if value == tg.__name__:
+            del state[key]
+    torch.save(state, ws / name) if "format" in state else tg.save_checkpoint(ws / name, state)
 
 
 def train_tokenizer(ws, name, **settings):
@@ -226,6 +246,40 @@ FILE_CASES = [
      "RESUME_FROM=ck.pt was made with other settings"),
     ("checkpoint: other tensors", dict(RESUME_FROM="ck.pt"),
      lambda ws: checkpoint_of(ws, "ck.pt", model_cfg_changes=dict(bigram_dim=8)), "holds tensors of another model shape"),
+    *[(f"checkpoint: {name}", dict(RESUME_FROM="ck.pt"), (lambda kw: lambda ws: checkpoint_of(ws, "ck.pt", **kw))(kw),
+       message) for name, kw, message in [
+        ("a field missing", dict(loader=tg.__name__), "RESUME_FROM=ck.pt: field 'loader' is missing"),
+        ("the step as text", dict(step="3"), "field 'step' is str '3', expected int"),
+        ("a negative step", dict(step=-1), "field 'step' = '-1' is out of range"),
+        ("a non-finite time", dict(training_ms=float("nan")), "field 'training_ms' is float 'nan'"),
+        ("a loader field missing", dict(loader={"pos": 0}), "RESUME_FROM=ck.pt: loader: field 'file_idx' is missing"),
+        ("a data position past the shard", dict(loader=dict(file_idx=0, pos=10 ** 9)), "is past the end of the training"),
+        ("a shard index past the shards", dict(loader=dict(file_idx=7, pos=0)), "is past the end of the training"),
+        ("other training shards", dict(data=lambda d: d + [["fineweb_train_000001.bin", 5]]), "made on other training"),
+        ("an EMA of a run without one", dict(ema=lambda _: tg.GPT(tiny_config()).state_dict()), "field 'ema'"),
+        ("an SWA sum of another shape", dict(swa=dict(count=2, sums={"w": torch.ones(2)})), "EMA or SWA average"),
+        ("a step past ITERATIONS", dict(step=10 ** 6), "beyond ITERATIONS=2"),
+        ("optimiser state of another model", dict(optimizers=lambda o: [o[1], o[0]]), "its optimiser state does not fit"),
+        ("an older format", dict(format="train_gpt-checkpoint-1"), "format 'train_gpt-checkpoint-1'"),
+        ("non-finite weights", dict(model=lambda m: {k: v * float("nan") for k, v in m.items()}), "non-finite weights"),
+    ]],
+    ("CHECKPOINT_PATH under a file", dict(CHECKPOINT_EVERY="1", CHECKPOINT_PATH="notes.txt/run/ck.pt"),
+     lambda ws: save(ws, "notes.txt", b"my notes"), "cannot write CHECKPOINT_PATH=notes.txt/run/ck.pt: notes.txt is a file"),
+    ("ARTIFACT_PATH under a file", dict(ARTIFACT_PATH="notes.txt/a.ptz"), lambda ws: save(ws, "notes.txt", b"my notes"),
+     "cannot write ARTIFACT_PATH=notes.txt/a.ptz: notes.txt is a file"),
+    # the tokenizer record and CaseOps' byte sidecar
+    ("tokenizer.sha256 not one record", {}, lambda ws: save(ws, "data/tokenizer.sha256", b"abc  tok.model\n"),
+     "tokenizer.sha256 is not one line"),
+    ("manifest tokenizer entry of another kind", {}, lambda ws: (
+        (ws / "data" / "tokenizer.sha256").unlink(), save(ws, "data/manifest.json", b'{"tokenizer": "tok.model"}')),
+     "manifest.json: tokenizer is str, not a mapping"),
+    ("manifest tokenizer sha256 not hex", {}, lambda ws: ((ws / "data" / "tokenizer.sha256").unlink(), save(
+        ws, "data/manifest.json", b'{"tokenizer": {"sha256": "xyz", "model_path": "t.model"}}')),
+     "field 'sha256' = 'xyz' is out of range"),
+    ("CaseOps switch on plain data", dict(CASEOPS_ENABLED="1"), None, "CASEOPS_ENABLED=1 but TOKENIZER_PATH="),
+    ("a byte sidecar next to plain data", {}, lambda ws: save(ws, "data/fineweb_val_bytes_000000.bin",
+                                                              (ws / VAL).read_bytes()), "it is CaseOps data; set CASEOPS_ENABLED=1"),
+
     # artifacts (EVAL_ONLY)
     *[(f"artifact: {name}", dict(EVAL_ONLY="1", ARTIFACT_PATH="a.ptz"), (lambda make: lambda ws: save(ws, "a.ptz", make()))(make),
        message) for name, make, message in [
@@ -258,6 +312,10 @@ FILE_CASES = [
         ("array past the stream", lambda: artifact_bytes(tensors__0__arrays__data__1=1 << 30), "out of bounds"),
         ("array of a wrong count", lambda: artifact_bytes(tensors__0__arrays__data__3=7), "out of bounds"),
         ("tensors of another model", lambda: artifact_bytes(model__smear_gate=False), "its tensors do not match"),
+        ("an array shifted by one byte", lambda: reheader(artifact_bytes(), edit=lambda h: shift_array(h, 1)),
+         "arrays overlap or leave a gap"),
+        ("an array moved back by one byte", lambda: reheader(artifact_bytes(), edit=lambda h: shift_array(h, -1)),
+         "arrays overlap or leave a gap"),
     ]],
     ("artifact is a folder", dict(EVAL_ONLY="1", ARTIFACT_PATH="art"), lambda ws: (ws / "art").mkdir(), "art: a folder"),
 ]
@@ -364,3 +422,11 @@ def test_a_non_finite_score_fails_the_run_and_says_so(workspace, monkeypatch, ca
     log = (workspace / "logs" / "bad_eval.txt").read_text()
     assert "final_sliding_exact" not in log and "final_int8_zlib" not in log
     assert log.splitlines()[-1].startswith("run failed: evaluation error: the score is not finite")
+
+
+def test_the_checkpoint_the_table_damages_is_accepted_whole(workspace, monkeypatch):
+    """The refusals above are each one field away from a checkpoint that resumes: so they test the checks."""
+    checkpoint_of(workspace, "ck.pt")
+    monkeypatch.setenv("RESUME_FROM", "ck.pt")
+    assert tg.main() == 0
+    assert "resumed from ck.pt at step 0" in (workspace / "logs" / "bad.txt").read_text()

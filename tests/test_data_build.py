@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 
@@ -58,7 +60,7 @@ def read_shard(path):
 
 
 def split_stream(folder, split):
-    return [t for f in sorted(folder.glob(f"fineweb_{split}_*.bin")) for t in read_shard(f)]
+    return [t for f in sorted(folder.glob(f"fineweb_{split}_[0-9]*.bin")) for t in read_shard(f)]
 
 
 def documents_of(stream):
@@ -371,6 +373,7 @@ def test_rejects_bad_flags(capsys, args, message):
 def test_cli_help_and_user_errors_without_traceback(tmp_path):
     help_run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0 and "--vocab-size" in help_run.stdout and "--verify" in help_run.stdout
+    assert "--caseops" in help_run.stdout and "fineweb_val_bytes_NNNNNN.bin" in help_run.stdout
     corpus = tmp_path / "c.txt"
     corpus.write_text("one\n\ntwo\n\nthree")
     run = subprocess.run([sys.executable, str(SCRIPT), str(corpus), "--split-paragraphs", "--val-docs", "3",
@@ -589,3 +592,269 @@ def test_verify_checks_tokenizer_sha256_of_a_download(tmp_path, capsys):
     (tmp_path / "tokenizers" / "fineweb_8192_bpe.model").write_bytes(b"other")
     rc, lines = verify(folder, capsys)
     assert rc == 1 and lines[0].startswith("tokenizer.sha256: ") and "not the recorded" in lines[0]
+
+
+# ---------------------------------------------------------------- --caseops
+
+caseops = bd.caseops
+CASED_WORDS = WORDS + "The NASA iPhone McDonald's OpenAI HTTPServer Straße Ωμέγα \ue001 \ue004\ue002 \ue000".split()
+
+
+def make_cased_docs(n=160, seed=7):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(CASED_WORDS) for _ in range(rng.randint(4, 50))) + rng.choice(["", ".", "\n\nEnd."])
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def cased_corpus(tmp_path_factory):
+    docs = make_cased_docs()
+    return docs, write_jsonl(tmp_path_factory.mktemp("cased_src") / "cased.jsonl", docs)
+
+
+CASED_ARGS = ["--vocab-size", 400, "--val-docs", 30, "--shard-tokens", 400, "--caseops"]
+
+
+@pytest.fixture(scope="session")
+def cased_built(cased_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cased_out")
+    assert build(cased_corpus[1], "--output-root", root, *CASED_ARGS) == 0
+    folder = root / "datasets" / "custom_sp400_caseops"
+    return root, folder, json.loads((folder / "manifest.json").read_text())
+
+
+def read_values(path):
+    return np.fromfile(path, dtype="<u2", offset=1024)
+
+
+def test_caseops_names_manifest_and_sidecar_files(cased_built):
+    root, folder, manifest = cased_built
+    model = root / "tokenizers" / "custom_400_caseops_bpe.model"
+    assert model.is_file() and (root / "tokenizers" / "custom_400_caseops_bpe.vocab").is_file()
+    assert manifest["text_transform"] == "caseops_v1" and manifest["build"]["text_transform"] == "caseops_v1"
+    val = manifest["splits"]["val"]
+    assert len(val["files"]) > 1, "the sidecar must be cut like the val shards"
+    assert val["byte_files"] == [f"fineweb_val_bytes_{i:06d}.bin" for i in range(len(val["files"]))]
+    assert sorted(p.name for p in folder.glob("fineweb_val_bytes_*")) == val["byte_files"]
+    total = 0
+    for shard, sidecar in zip(val["files"], val["byte_files"]):
+        tokens, raw = read_values(folder / shard), (folder / sidecar).read_bytes()
+        assert raw[:12] == struct.pack("<3i", 20240520, 1, len(tokens)) and raw[12:1024] == bytes(1012)
+        assert manifest["files"][sidecar] == {"tokens": len(tokens), "sha256": hashlib.sha256(raw).hexdigest()}
+        counts = read_values(folder / sidecar)
+        assert len(counts) == len(tokens) and not counts[tokens == 1].any()
+        assert (counts[tokens > 7] > 0).all()  # every token but BOS and the operators stands for some bytes
+        total += int(counts.sum())
+    assert val["bytes"] == total
+    assert "byte_files" not in manifest["splits"]["train"]
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert caseops.reserved_pieces_problem(sp) is None and [sp.id_to_piece(i) for i in range(4, 8)] == list(
+        caseops.OPERATORS)
+
+
+def test_caseops_sidecar_per_document_and_decoded_text(cased_built, cased_corpus):
+    root, folder, manifest = cased_built
+    sp = spm.SentencePieceProcessor(model_file=str(root / "tokenizers" / "custom_400_caseops_bpe.model"))
+    tokens = np.array(split_stream(folder, "val"))
+    counts = np.concatenate([read_values(folder / f) for f in manifest["splits"]["val"]["byte_files"]])
+    starts = list(np.flatnonzero(tokens == 1)) + [len(tokens)]
+    assert len(starts) - 1 == 30
+    for k, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+        ids = tokens[a + 1:b].tolist()
+        assert counts[a + 1:b].tolist() == caseops.byte_sidecar(sp, ids).tolist()
+        original = cased_corpus[0][k]
+        assert not re.search("[A-Z]", sp.decode(ids).replace("Full", ""))  # NFKC made Ｆｕｌｌ ASCII
+        assert caseops.decode(sp.decode(ids)) == sp.normalize(original).replace("\u2581", " ")
+        assert int(counts[a + 1:b].sum()) == len(sp.normalize(original).replace("\u2581", " ").encode())
+
+
+def test_caseops_build_is_deterministic_and_reuses_its_tokenizer(cased_built, cased_corpus, tmp_path):
+    root, folder, manifest = cased_built
+    assert build(cased_corpus[1], "--output-root", tmp_path / "again", *CASED_ARGS) == 0
+    assert snapshot(tmp_path / "again") == snapshot(root)
+    model = root / "tokenizers" / "custom_400_caseops_bpe.model"
+    assert build(cased_corpus[1], "--output-root", tmp_path, "--tokenizer", model, "--val-docs", 30,
+                 "--shard-tokens", 400, "--caseops", "--name", "reuse") == 0
+    assert json.loads((tmp_path / "datasets" / "reuse" / "manifest.json").read_text())["files"] == manifest["files"]
+
+
+def test_plain_build_records_no_transform(built):
+    assert built[2]["text_transform"] == "none" and "text_transform" not in built[2]["build"]
+    assert "bytes" not in built[2]["splits"]["val"] and not list(built[1].glob("fineweb_val_bytes_*"))
+
+
+def test_caseops_refuses_a_tokenizer_without_reserved_pieces(built, cased_corpus, tmp_path, capsys):
+    model = built[0] / "tokenizers" / "tiny_384_bpe.model"
+    err = refused(capsys, cased_corpus[1], "--output-root", tmp_path / "out", "--tokenizer", model, "--caseops")
+    assert err == (f"error: --tokenizer {model}: it lacks user-defined pieces for the CaseOps operators U+E001 "
+                   f"(TITLE), U+E002 (ALLCAPS), U+E003 (CAPNEXT), U+E004 (ESC); use a tokenizer trained on CaseOps "
+                   f"text with them as user_defined_symbols (data/build_dataset.py --caseops)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_caseops_default_names_on_the_builtin_corpus(tmp_path, capsys):
+    assert build("--output-root", tmp_path, "--caseops") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"DATA_PATH={tmp_path}/datasets/sample_sp1024_caseops TOKENIZER_PATH={tmp_path}/tokenizers/"
+                       f"sample_1024_caseops_bpe.model VOCAB_SIZE=1024")
+    assert any(line.startswith("  CaseOps text; val byte sidecar: ") for line in out)
+    assert bd.tokenizer_file_stem("mine", 512, True) == "mine_512_caseops_bpe"
+    assert bd.tokenizer_file_stem("sample_sp512", 512) == "sample_512_bpe"
+
+
+def copy_root(root, tmp_path):
+    shutil.copytree(root, tmp_path / "r")
+    return tmp_path / "r" / "datasets" / "custom_sp400_caseops"
+
+
+def test_verify_checks_the_byte_sidecars(cased_built, tmp_path, capsys):
+    folder = copy_root(cased_built[0], tmp_path)
+    rc, lines = verify(folder, capsys)
+    assert rc == 0 and lines[0].endswith("; byte sidecars: %s bytes, per-document sums match the decoded text "
+                                         "(30 documents)" % f"{cased_built[2]['splits']['val']['bytes']:,}")
+    (folder / "fineweb_val_bytes_000001.bin").unlink()
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[:-1] == [
+        "fineweb_val_bytes_000001.bin: listed in manifest.json but missing",
+        "fineweb_val_bytes_000001.bin: missing (CaseOps data needs a byte sidecar for each val shard)"]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("one count", "val document 2 (token "),
+    ("bos", "fineweb_val_bytes_000000.bin: 1 BOS position(s) with a nonzero byte count"),
+    ("short", "fineweb_val_bytes_000000.bin: 399 entries, but fineweb_val_000000.bin has 400 tokens"),
+    ("orphan", "fineweb_val_bytes_000099.bin: a byte sidecar without its val shard fineweb_val_000099.bin"),
+])
+def test_verify_without_manifest_finds_caseops_by_its_tokenizer(cased_built, tmp_path, capsys, damage, expected):
+    folder = copy_root(cased_built[0], tmp_path)
+    (folder / "manifest.json").unlink()  # as downloaded: the tokenizer (tokenizer.sha256) says CaseOps
+    rc, lines = verify(folder, capsys)
+    assert rc == 0 and "no manifest (headers only)" in lines[0] and "per-document sums match" in lines[0]
+    sidecar = folder / "fineweb_val_bytes_000000.bin"
+    values = read_values(sidecar).copy()
+    tokens = read_values(folder / "fineweb_val_000000.bin")
+    if damage == "one count":
+        doc_start = np.flatnonzero(tokens == 1)[2]
+        values[doc_start + 1] += 1
+    elif damage == "bos":
+        values[0] = 3
+    elif damage == "short":
+        values = values[:-1]
+    sidecar.write_bytes(shard(values.tolist()))
+    if damage == "orphan":
+        (folder / "fineweb_val_bytes_000099.bin").write_bytes(shard([0, 1]))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[0].startswith(expected) and len(lines) == 2, lines
+
+
+def test_verify_refuses_sidecars_in_plain_data_and_missing_ones_in_caseops_downloads(built, cased_built, tmp_path,
+                                                                                     capsys):
+    plain = tmp_path / "plain"
+    shutil.copytree(built[1], plain)
+    (plain / "fineweb_val_bytes_000000.bin").write_bytes(shard([0] * built[2]["files"]["fineweb_val_000000.bin"]
+                                                               ["tokens"]))
+    rc, lines = verify(plain, capsys)
+    assert rc == 1 and lines[:-1] == ["fineweb_val_bytes_000000.bin: not listed in manifest.json",
+                                      "fineweb_val_bytes_000000.bin: a byte sidecar, but the dataset is not CaseOps "
+                                      "text"]
+    folder = copy_root(cased_built[0], tmp_path)
+    (folder / "manifest.json").unlink()
+    for sidecar in folder.glob("fineweb_val_bytes_*"):
+        sidecar.unlink()
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[0] == "fineweb_val_bytes_000000.bin: missing (CaseOps data needs a byte sidecar for " \
+                                   "each val shard)"
+
+
+# ---------------------------------------------------------------- --verify on foreign manifests (issue 21)
+
+def set_at(path, value):
+    def mutate(manifest):
+        *parents, last = path.split("/")
+        node = manifest
+        for key in parents:
+            node = node[int(key) if isinstance(node, list) else key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+        return manifest
+    return mutate
+
+
+FOREIGN = [
+    (lambda m: [m], "manifest.json: is a list, expected an object"),
+    (set_at("files", ["fineweb_val_000000.bin"]), "manifest.json: field files is a list, expected an object"),
+    (set_at("tokenizer", "tiny_384_bpe.model"), "manifest.json: field tokenizer is a string, expected an object"),
+    (set_at("files/fineweb_val_000000.bin/tokens", "12"),
+     "manifest.json: field files.fineweb_val_000000.bin.tokens is a string, expected an integer"),
+    (set_at("files/fineweb_val_000000.bin", None),
+     "manifest.json: field files.fineweb_val_000000.bin is null, expected an object"),
+    (set_at("splits", KeyError), "manifest.json: field splits is missing"),
+    (set_at("splits/val", KeyError), "manifest.json: field splits.val is missing"),
+    (set_at("splits/train/docs", 3.5), "manifest.json: field splits.train.docs is a number, expected an integer"),
+    (set_at("splits/val/tokens", -1), "manifest.json: field splits.val.tokens is -1, expected 0 to"),
+    (set_at("tokenizer/vocab_size", 0), "manifest.json: field tokenizer.vocab_size is 0, expected 1 to 65536"),
+    (set_at("tokenizer/vocab_size", True), "manifest.json: field tokenizer.vocab_size is a boolean, expected an "
+                                           "integer"),
+    (set_at("tokenizer/sha256", "abc"), "manifest.json: field tokenizer.sha256 is 'abc', expected 64 lowercase hex"),
+    (set_at("tokenizer/model_path", 5), "manifest.json: field tokenizer.model_path is an integer, expected a string"),
+    (set_at("format", KeyError), "manifest.json: field format is missing"),
+    (set_at("format/bos_id", 70000), "manifest.json: field format.bos_id is 70000, expected 0 to 65535"),
+    (set_at("text_transform", "rot13"), "manifest.json: field text_transform is 'rot13', expected one of "
+                                        "'caseops_v1', 'none'"),
+    (lambda m: "{not json", "manifest.json: not readable as JSON"),
+]
+
+
+@pytest.mark.parametrize("mutate, expected", FOREIGN, ids=[f"foreign-{i}" for i in range(len(FOREIGN))])
+def test_verify_reports_a_foreign_manifest_without_crashing(built, tmp_path, capsys, mutate, expected):
+    folder = tmp_path / "d"
+    shutil.copytree(built[1], folder)
+    changed = mutate(json.loads((folder / "manifest.json").read_text()))
+    (folder / "manifest.json").write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines[-1] == f"FAILED: {len(lines) - 1} problem(s) in {folder}"
+    assert [line for line in lines if line.startswith("manifest.json")] == [lines[0]]
+    assert lines[0].startswith(expected), lines
+
+
+OFFICIAL = {"datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_1024",
+                          "stats": {"files_train": 80, "files_val": 1, "tokens_val": 3}}],
+            "tokenizers": [{"name": "sp_1024", "vocab_size": 1024}]}
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda m: [m], "data/manifest.json: is a list, expected an object"),
+    (set_at("datasets", {"fineweb10B_sp1024": {}}), "data/manifest.json: field datasets is an object, expected a list"),
+    (set_at("datasets/0/stats", [1, 3]),
+     "data/manifest.json: field datasets[0].stats is a list, expected an object"),
+    (lambda m: m["datasets"][0]["stats"].update(files_val="1") or m,
+     "data/manifest.json: field datasets[0].stats.files_val is a string, expected an integer"),
+    (lambda m: m["datasets"][0]["stats"].pop("tokens_val") and m,
+     "data/manifest.json: field datasets[0].stats.tokens_val is missing"),
+    (lambda m: m["tokenizers"][0].update(vocab_size="1024") or m,
+     "data/manifest.json: field tokenizers[0].vocab_size is a string, expected an integer"),
+])
+def test_verify_reports_a_malformed_downloaded_manifest(tmp_path, capsys, mutate, expected):
+    folder = tmp_path / "datasets" / "fineweb10B_sp1024"
+    folder.mkdir(parents=True)
+    (folder / "fineweb_val_000000.bin").write_bytes(shard([1, 9, 9]))
+    (tmp_path / "manifest.json").write_text(json.dumps(OFFICIAL))
+    assert verify(folder, capsys)[0] == 0
+    (tmp_path / "manifest.json").write_text(json.dumps(mutate(json.loads(json.dumps(OFFICIAL)))))
+    rc, lines = verify(folder, capsys)
+    assert rc == 1 and lines == [expected, f"FAILED: 1 problem(s) in {folder}"]
+
+
+def test_field_problems_schema_forms():
+    schema = [("", dict, None), ("a", int, (1, 5)), ("b?", str, {"x", "y"}), ("c", list, None), ("c[]", dict, None),
+              ("c[].d", str, (re.compile("[a-z]+"), "lowercase letters")), ("e?", dict, None), ("e.*", int, None)]
+    assert bd.field_problems({"a": 3, "c": [{"d": "ok"}], "e": {"k": 1}}, schema, "m") == []
+    assert bd.field_problems({"a": 9, "b": "z", "c": [{"d": "OK"}, 5, {}], "e": {"k": "1"}}, schema, "m") == [
+        "m: field a is 9, expected 1 to 5", "m: field b is 'z', expected one of 'x', 'y'",
+        "m: field c[1] is an integer, expected an object", "m: field c[0].d is 'OK', expected lowercase letters",
+        "m: field c[2].d is missing", "m: field e.k is a string, expected an integer"]
+    assert bd.field_problems(None, schema, "m") == ["m: is null, expected an object"]
+    assert bd.field_problems({"c": "x"}, schema, "m", "p") == ["m: field p.a is missing",
+                                                               "m: field p.c is a string, expected a list"]

@@ -214,7 +214,7 @@ def test_truncated_shard_and_stale_part_file_are_replaced(hub):
 def test_unknown_variant(hub, capsys, variant):
     assert dl.main(["--variant", variant]) == 2
     assert capsys.readouterr().err == (
-        f"error: unknown --variant {variant!r}: use sp<VOCAB> (e.g. sp1024, sp8192) or byte260\n")
+        f"error: unknown --variant {variant!r}: use sp<VOCAB> (e.g. sp1024, sp8192), sp8192_caseops or byte260\n")
     assert hub.calls == [] and not hub.data.exists()
 
 
@@ -779,4 +779,186 @@ def test_cli_help(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert run.returncode == 0
     assert all(flag in run.stdout for flag in ("--variant", "--train-shards", "--with-docs", "--skip-manifest",
-                                               "kevclark/parameter-golf", "HF_HUB_OFFLINE", "tokenizer.sha256"))
+                                               "kevclark/parameter-golf", "HF_HUB_OFFLINE", "tokenizer.sha256",
+                                               "sp8192_caseops", "romeerp/parameter-golf-caseops-v1",
+                                               "published_val_bytes_NNNNNN.bin"))
+
+
+# ---------------------------------------------------------------- malformed manifests (issue 21)
+
+def malform(mutate):
+    def apply(manifest):
+        mutate(manifest)
+        return manifest
+    return apply
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (malform(lambda m: m.update(datasets={SP: {}})), "field datasets is an object, expected a list"),
+    (malform(lambda m: m.update(datasets=5)), "field datasets is an integer, expected a list"),
+    (malform(lambda m: m.update(tokenizers="sp_bpe_1024")), "field tokenizers is a string, expected a list"),
+    (malform(lambda m: m["datasets"][0].update(stats=[3, 2])), "field datasets[0].stats is a list, expected an object"),
+    (malform(lambda m: m["datasets"][0]["stats"].update(files_val="2")),
+     "field datasets[0].stats.files_val is a string, expected an integer"),
+    (malform(lambda m: m["datasets"][0]["stats"].update(files_val=True)),
+     "field datasets[0].stats.files_val is a boolean, expected an integer"),
+    (malform(lambda m: m["datasets"][0]["stats"].pop("files_train")), "field datasets[0].stats.files_train is missing"),
+    (malform(lambda m: m["datasets"][0]["stats"].update(files_train=-1)),
+     "field datasets[0].stats.files_train is -1, expected 0 to 1000000"),
+    (malform(lambda m: m["datasets"][0].pop("tokenizer_name")), "field datasets[0].tokenizer_name is missing"),
+    (malform(lambda m: m["tokenizers"][0].update(model_path=5)),
+     "field tokenizers[0].model_path is an integer, expected a string"),
+    (malform(lambda m: m["tokenizers"][0].update(optional="vocab_path")),
+     "field tokenizers[0].optional is a string, expected a list"),
+    (malform(lambda m: m["tokenizers"].pop(0)), "has no tokenizer 'sp_bpe_1024' for fineweb10B_sp1024"),
+    (malform(lambda m: [m["tokenizers"][0].pop(k) for k in ("model_path", "vocab_path")]),
+     "gives no file for tokenizer 'sp_bpe_1024'"),
+])
+def test_a_malformed_repository_manifest_is_one_line_exit_2(hub, capsys, mutate, message):
+    manifest = mutate(json.loads(hub.files["manifest.json"]))
+    (hub.base / "datasets" / "manifest.json").write_text(json.dumps(manifest))
+    assert dl.main(["--train-shards", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and message in err, err
+    assert err.startswith(f"error: the manifest of {DEFAULT_REPO}: ") or "has no tokenizer" in err or "gives no" in err
+    assert hub.calls == ["datasets/manifest.json"]  # nothing else fetched
+    assert sorted(local_files(hub.data)) == ["manifest.json"]
+
+
+def test_a_malformed_local_manifest_is_refetched_or_refused(hub, capsys):
+    hub.data.mkdir()
+    (hub.data / "manifest.json").write_text(json.dumps({"datasets": 5}))  # unusable: the repository's replaces it
+    assert dl.main(["--train-shards", "1"]) == 0
+    assert hub.calls[0] == "datasets/manifest.json"
+    assert dl.main(["--train-shards", "1", "--skip-manifest"]) == 0  # the fetched one is fine
+    (hub.data / "manifest.json").write_text(json.dumps({"datasets": 5}))
+    capsys.readouterr()
+    assert dl.main(["--train-shards", "1", "--skip-manifest"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --skip-manifest: {hub.data / 'manifest.json'} is malformed (field datasets is an integer, expected "
+        f"a list); drop --skip-manifest to download the manifest of {DEFAULT_REPO}\n")
+    local = json.loads(hub.files["manifest.json"])
+    local["datasets"][0]["stats"]["files_val"] = "2"
+    (hub.data / "manifest.json").write_text(json.dumps(local))
+    assert dl.main(["--train-shards", "1"]) == 2  # it lists the dataset: used as it is, and refused
+    assert capsys.readouterr().err == (
+        f"error: {hub.data / 'manifest.json'}: field datasets[0].stats.files_val is a string, expected an integer; "
+        f"fix or delete that manifest\n")
+
+
+# ---------------------------------------------------------------- CaseOps (sp8192_caseops)
+
+ROMEERP = "romeerp/parameter-golf-caseops-v1"
+CASEOPS = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+CASEOPS_MODEL = "tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+bd_spec = importlib.util.spec_from_file_location("build_dataset", REPO / "data" / "build_dataset.py")
+bd = importlib.util.module_from_spec(bd_spec)
+bd_spec.loader.exec_module(bd)
+
+
+@pytest.fixture(scope="module")
+def caseops_build(tmp_path_factory):
+    """A small CaseOps dataset built locally: (folder with two val shards, its tokenizer)."""
+    import random
+    rng = random.Random(3)
+    words = "The NASA iPhone McDonald's OpenAI Straße café Ｆｕｌｌ the a of model token byte \ue001 \ue004".split()
+    root = tmp_path_factory.mktemp("caseops")
+    src = root / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))}) + "\n"
+                           for _ in range(200)))
+    assert bd.main([str(src), "--output-root", str(root), "--vocab-size", "300", "--val-docs", "40",
+                    "--shard-tokens", "600", "--caseops", "--name", "c"]) == 0
+    return root / "datasets" / "c", root / "tokenizers" / "c_300_caseops_bpe.model"
+
+
+def make_romeerp(root: Path, build, published=True, n_train=2):
+    """romeerp/parameter-golf-caseops-v1 as the records use it, holding the local CaseOps build."""
+    folder, model = build
+    manifest = json.loads((folder / "manifest.json").read_text())
+    val = manifest["splits"]["val"]["files"]
+    files = {f"datasets/{CASEOPS}/{name}": (folder / name).read_bytes() for name in val}
+    for i in range(n_train):
+        files[f"datasets/{CASEOPS}/fineweb_train_{i:06d}.bin"] = shard([1, 20 + i, 21])
+    if published:  # raw-byte counts: here ours plus one per non-BOS token, to tell them apart
+        for name in manifest["splits"]["val"]["byte_files"]:
+            raw = bytearray((folder / name).read_bytes())
+            values = struct.unpack_from(f"<{(len(raw) - 1024) // 2}H", raw, 1024)
+            tokens = struct.unpack_from(f"<{len(values)}H", (folder / name.replace("_bytes", "")).read_bytes(), 1024)
+            raw[1024:] = struct.pack(f"<{len(values)}H", *[v + (t != 1) for v, t in zip(values, tokens)])
+            files[f"datasets/{CASEOPS}/{name}"] = bytes(raw)
+    files[CASEOPS_MODEL] = model.read_bytes()
+    files[CASEOPS_MODEL.replace(".model", ".vocab")] = model.with_suffix(".vocab").read_bytes()
+    tokenizer = {"name": "sp_bpe_8192_lossless_caps_caseops_v1_reserved", "kind": "sentencepiece_bpe",
+                 "vocab_size": 300, "model_path": CASEOPS_MODEL,
+                 "vocab_path": CASEOPS_MODEL.replace(".model", ".vocab"),
+                 "text_transform": "lossless_caps_caseops_v1", "optional": ["vocab_path"]}
+    dataset = {"name": CASEOPS, "tokenizer_name": tokenizer["name"], "val_bytes_glob": f"datasets/{CASEOPS}/"
+               "fineweb_val_bytes_*.bin", "stats": {"files_val": len(val), "files_train": n_train,
+                                                    "tokens_val": manifest["splits"]["val"]["tokens"]}}
+    files["manifest.json"] = json.dumps({"datasets": [dataset], "tokenizers": [tokenizer]}).encode()
+    write_tree(root / ROMEERP / "datasets", files)
+    return files
+
+
+@pytest.mark.parametrize("variant", ["sp8192_caseops", "sp8192_lossless_caps_caseops_v1_reserved"])
+def test_caseops_download_recomputes_the_byte_sidecar(hub, capsys, caseops_build, variant):
+    files = make_romeerp(hub.root, caseops_build)
+    assert dl.main(["--variant", variant, "--train-shards", "1"]) == 0
+    assert set(hub.repos) == {ROMEERP}
+    folder = hub.data / "datasets" / CASEOPS
+    built = caseops_build[0]
+    names = sorted(p.name for p in built.glob("fineweb_val_bytes_*"))
+    assert len(names) > 1
+    for name in names:  # the builder's bytes exactly: the same code path
+        assert (folder / name).read_bytes() == (built / name).read_bytes()
+        published = (folder / name.replace("fineweb_val_bytes_", "published_val_bytes_")).read_bytes()
+        assert published == files[f"datasets/{CASEOPS}/{name}"]
+    manifest = json.loads((built / "manifest.json").read_text())
+    ours, tokens = manifest["splits"]["val"]["bytes"], manifest["splits"]["val"]["tokens"]
+    theirs = ours + tokens - manifest["splits"]["val"]["docs"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == (f"byte sidecar: {ours:,} bytes over {tokens:,} val tokens, recomputed from the tokens "
+                       f"({len(names)} file(s) written, fineweb_val_bytes_*.bin); the published sidecar counts "
+                       f"{theirs:,} raw input bytes ({(theirs - ours) / ours:+.4%})")
+    assert out[-1] == f"DATA_PATH={folder} TOKENIZER_PATH={hub.data / CASEOPS_MODEL} VOCAB_SIZE=300"
+    run = subprocess.run([sys.executable, str(REPO / "data" / "build_dataset.py"), "--verify", str(folder)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+    assert "data/manifest.json stats" in run.stdout and f"byte sidecars: {ours:,} bytes, per-document sums match" \
+        in run.stdout
+    hub.calls.clear()  # a second run fetches nothing and rewrites nothing
+    assert dl.main(["--variant", variant, "--train-shards", "1"]) == 0
+    assert hub.calls == [] and "(0 file(s) written" in capsys.readouterr().out
+    (folder / names[1]).write_bytes(shard([0, 1]))  # a damaged sidecar is rewritten
+    assert dl.main(["--variant", variant, "--train-shards", "1"]) == 0
+    assert (folder / names[1]).read_bytes() == (built / names[1]).read_bytes()
+
+
+def test_caseops_builtin_table_and_no_published_sidecar(hub, monkeypatch, capsys, caseops_build, tmp_path):
+    """The record's command: MATCHED_FINEWEB_REPO_ID=romeerp/... --variant ..._reserved --skip-manifest."""
+    build = tmp_path / "one"
+    assert bd.main([str(caseops_build[0].parent.parent / "docs.jsonl"), "--output-root", str(build), "--vocab-size",
+                    "300", "--val-docs", "40", "--caseops", "--name", "c"]) == 0  # one val shard, as published
+    make_romeerp(hub.root, (build / "datasets" / "c", build / "tokenizers" / "c_300_caseops_bpe.model"),
+                 published=False, n_train=3)
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", ROMEERP)
+    monkeypatch.setattr(dl, "DEFAULT_TRAIN_SHARDS", 3)
+    assert dl.main(["--variant", "sp8192_lossless_caps_caseops_v1_reserved", "--skip-manifest"]) == 0
+    out = capsys.readouterr().out
+    assert f"{CASEOPS} from {ROMEERP} (per the built-in table): 1 val + 3 train shards" in out
+    assert f", datasets/{CASEOPS}/fineweb_val_bytes_000000.bin not in the repository;" in out
+    assert "byte sidecar: " in out and "published" not in out.split("byte sidecar: ")[1].splitlines()[0]
+    folder = hub.data / "datasets" / CASEOPS
+    assert (folder / "fineweb_val_bytes_000000.bin").read_bytes() == (
+        build / "datasets" / "c" / "fineweb_val_bytes_000000.bin").read_bytes()
+    assert dl.main(["--variant", "sp8192_caseops", "--skip-manifest", "--train-shards", "81"]) == 2
+    assert "has only 80 train shards (per the built-in table)" in capsys.readouterr().err
+
+
+def test_caseops_without_sentencepiece_is_refused_before_any_download(hub, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    monkeypatch.delitem(sys.modules, "caseops", raising=False)
+    assert dl.main(["--variant", "sp8192_caseops"]) == 2
+    assert capsys.readouterr().err == ("error: the CaseOps variant recomputes its byte sidecar and needs "
+                                       "sentencepiece: pip install -r requirements.txt\n")
+    assert hub.calls == [] and not hub.data.exists()

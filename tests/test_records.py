@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,122 @@ def test_parse_resumed_log_with_two_headers_uses_summary(env):
     assert ms.consistency_problems(run) == []
 
 
-def test_parse_ignores_unrelated_and_malformed_lines(env):
-    def noise(text):
-        return ("warning: something\nstep:oops/10 train_loss:x\ncode is fine\nmodel_params:x\n"
-                "peak memory allocated: lots\n" + text.replace("final_size", "random noise line\nfinal_size"))
-    run = ms.parse_log(env.log(1, edit=noise))
+# Lines and fields a newer train_gpt.py may print that the tool does not read.
+FUTURE_LINES = ("preflight check            status  detail\n"
+                "preflight data             ok      80 train shards, 1 val shard\n"
+                "preflight tokenizer        ok      sha256 matches data/tokenizer.sha256\n"
+                "warning: something\ncode is fine\nrandom noise line\nstep-like:oops\n"
+                "config:\n  CASEOPS=1\n  DOC_MASK=1\neval_compile_s:12.5\n")
+
+
+def test_parse_accepts_lines_and_fields_it_does_not_read(env):
+    """Extra lines (a preflight table, new settings in the config dump), extra fields on the
+    lines the tool reads, and extra summary keys are accepted: only what it uses is checked."""
+    def future(text):
+        text = text.replace("\nstep:", "\n" + FUTURE_LINES + "step:", 1)
+        text = text.replace(" mode:train", " mode:train recipe:frontier caseops:1", 1)
+        text = text.replace("attention:fa3", "attention:fa3 doc_mask:1 preflight:ok", 1)
+        text = text.replace(" stride:64", " stride:64 docs:50000 compile:3.2s")
+        text = text.replace("status:ok", "status:ok code_raw:1 code_packed:0 counted:raw")
+        return text.replace("final_size", "final_eval_breakdown load:1.0s what:?\nfinal_size")
+    config = {**summary(1)["config"], "CASEOPS": 1, "DOC_MASK": 1, "NEW_SETTING": [1, None]}
+    run = ms.parse_log(env.log(1, edit=future, config=config, eval_compile_s=3.2, caseops=True,
+                               preflight={"data": "ok", "rows": [1, 2]}, eval_notes=["x"]))
     assert ms.consistency_problems(run) == []
-    assert run.summary["val_loss"] == LOSSES[1]
+    assert run.summary["val_loss"] == LOSSES[1] and run.summary["config"]["CASEOPS"] == 1
+    assert run.attention == "fa3" and sorted(run.train_loss) == [1340, 2680, 4020, 5360, 6701]
+
+
+def _fragment(text: str) -> str:
+    """A text as the tool shows it in a problem: JSON, cut to 40 characters."""
+    shown = json.dumps(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+# (the edit of a valid new-format log, where it goes wrong, the exact problems)
+BAD_LINES = [
+    (("final_sliding_exact val_loss:1.93012346", "final_sliding_exact val_loss:abc"),
+     "line 19, final_sliding_exact", 'val_loss="abc" is not a number'),
+    (("eval_time:169123ms", "eval_time:fast"), "line 19, final_sliding_exact", 'eval_time="fast" is not a number'),
+    ((" stride:64", " stride:0"), "line 19, final_sliding_exact", "stride=0 is not in [1, 1048576]"),
+    (("val_bpb:1.14359815 stride", "val_bpb:nan stride"), "line 19, final_sliding_exact",
+     "val_bpb=NaN is not a finite number"),
+    (("roundtrip_exact val_loss:1.93012346 val_bpb:1.14359815", "roundtrip_exact val_loss:1.93012346 val_b"),
+     "line 23, final_int8_zlib_roundtrip_exact", "lacks val_bpb"),
+    (("step:1340/20000 train_loss:5.9411", "step:oops/20000 train_loss:x"), "line 8, step",
+     'step="oops" is not an integer; train_loss="x" is not a number'),
+    (("train_loss:4.9813", "train_loss:-1"), "line 9, step", "train_loss=-1.0 is not in [0, 1000000]"),
+    (("step:2680/", "step:" + "9" * 400 + "/"), "line 9, step",
+     "step=9999999999999999999999999999999999999... is not in [0, 1000000000]"),
+    (("model_params:25517137", "model_params:x"), "line 6, model_params", 'params="x" is not an integer'),
+    (("allocated: 20480.5 MiB reserved: 22016.0 MiB", "allocated: lots"), "line 16, peak memory",
+     'lacks reserved; allocated="lots" is not a number'),
+    (("Total submission size: ", "Total submission size: -"), "line 21, Total submission size",
+     "bytes=-15802109 is not in [1, 1000000000000]"),
+    (("code sha256:", "code sha256:XYZ"), "line 2, code",
+     f"sha256={_fragment('XYZ' + sha(STANDIN_BYTES))} is not a sha256 (64 lowercase hex digits)"),
+    (("status:ok", "status:OK"), "line 20, final_size", 'status="OK" is not one of "ok", "OVER_CAP"'),
+    (("cap:16000000", "cap:16e6"), "line 20, final_size", 'cap="16e6" is not an integer'),
+    (("artifact_bytes:15800001", "artifact_bytes:15_800_001"), "line 20, final_size",
+     'artifact_bytes="15_800_001" is not an integer'),
+    (("numpy:2.1.3", "numpy:2.1.3;rm"), "line 3, versions",
+     'numpy="2.1.3;rm" is not a version (e.g. 2.1.3 or 2.6.0+cu128)'),
+    (("attention:fa3", "attention:fa3!"), "line 4, device", 'attention="fa3!" is not a kernel name (e.g. fa3)'),
+    (("train_gpt run_id:run_s1", "train_gpt id:run_s1"), "line 1, header", "lacks run_id"),
+    (("summary: logs/s1.json", "summary: logs/s1\x01.json"), "line 22, summary:",
+     'file="logs/s1\\u0001.json" is not a file name'),
+]
+
+
+@pytest.mark.parametrize("change, where, problems", BAD_LINES, ids=[b[1] + ": " + b[2][:30] for b in BAD_LINES])
+def test_a_bad_line_is_refused_naming_its_number_field_and_problem(tmp_path, change, where, problems):
+    log = write_log(tmp_path / "s1.txt", summary(1, versions=True), edit=lambda t: t.replace(*change, 1))
+    with pytest.raises(ms.InputError) as e:
+        ms.parse_log(log)
+    assert str(e.value) == f"log {log}: {where}: {problems}; {ms.LINE_FIX}"
+
+
+def test_a_line_too_long_and_files_too_large_are_refused_unread(tmp_path):
+    log = write_log(tmp_path / "s1.txt", summary(1), edit=lambda t: t.replace(
+        "\nstep:", "\nnote " + "x" * 2 ** 20 + "\nstep:", 1))
+    with pytest.raises(ms.InputError, match="s1.txt: line 7 is longer than 1,048,576 characters, more "
+                                            "than any line train_gpt.py writes"):
+        ms.parse_log(log)
+    log = write_log(tmp_path / "s2.txt", summary(2))
+    with open(log.with_suffix(".json"), "r+b") as fh:  # a sparse gigabyte
+        fh.truncate(2 ** 30)
+    t0 = time.perf_counter()
+    with pytest.raises(ms.InputError) as e:
+        ms.parse_log(log)
+    assert str(e.value) == (f"summary {log.with_suffix('.json')} (of log {log}) is 1,073,741,824 bytes, "
+                            "more than a run summary can be (4,194,304 at most; it holds a few kB); it is "
+                            "the .json train_gpt.py writes when the run ends: restore it, or rerun")
+    with open(log, "r+b") as fh:
+        fh.truncate(300 * 2 ** 20)
+    with pytest.raises(ms.InputError, match=r"s2.txt is 314,572,800 bytes, more than any train_gpt.py log "
+                                            r"\(268,435,456 at most\)"):
+        ms.parse_log(log)
+    assert time.perf_counter() - t0 < 2  # nothing of either file was read
+
+
+def test_final_lines_repeated_in_one_attempt_are_refused_but_not_across_a_resume(tmp_path):
+    def twice(text):
+        for name in ("final_sliding_exact", "final_size"):
+            line = next(ln for ln in text.splitlines() if ln.startswith(name))
+            text = text.replace(line, line + "\n" + line)
+        return text
+    run = ms.parse_log(write_log(tmp_path / "a.txt", summary(1), edit=twice))
+    assert ms.consistency_problems(run)[:2] == [
+        "final_sliding_exact appears 2 times (lines 19, 20); a finished run prints it once",
+        "final_size appears 2 times (lines 21, 22); a finished run prints it once"]
+
+    def died_then_resumed(text):  # the first attempt printed its pre-quant score, then died
+        head, rest = text.split("\nstopping_early", 1)
+        return head + "\nfinal_prequant_exact val_loss:2.5 val_bpb:1.5 eval_time:1ms\n" + head + \
+            "\nstopping_early" + rest
+    run = ms.parse_log(write_log(tmp_path / "b.txt", summary(1), edit=died_then_resumed))
+    assert len(run.headers) == 2 and ms.consistency_problems(run) == []
+    assert run.final_lines["final_prequant_exact"] == [32]  # the last attempt's line only
 
 
 def test_later_score_lines_are_recognised(tmp_path):
@@ -180,8 +290,8 @@ def test_official_line_and_total_size_are_checked(tmp_path, edit, problem):
     ("truncated", "has no summary"),
     ("badjson", "is not valid JSON"),
     ("nokeys", "lacks val_bpb, eval_stride"),
-    ("badtype", "seed='1' is not int"),
-    ("badversion", "cuda=12.8 is not a version string or null"),
+    ("badtype", 'seed="1" is not an integer'),
+    ("badversion", "cuda=12.8 is not a string or null"),
     ("eval_only", "is an EVAL_ONLY run"),
     ("nothing", "is not a train_gpt.py log"),
 ])
@@ -190,13 +300,14 @@ def test_parse_refusals(env, case, message):
     if case == "truncated":
         env.log(1, name="x.txt", truncate=True)
     elif case == "badjson":
-        env.log(1, name="x.txt", edit=lambda t: t[:-20] + "\n", edit_json=lambda t: t[:-20])
+        env.log(1, name="x.txt", edit=(lambda t: t[:-20] + "\n") if env.fmt == "old" else None,
+                edit_json=lambda t: t[:-20])
     elif case in ("nokeys", "badtype", "badversion", "eval_only"):
         s = summary(1)
         if case == "nokeys":
             del s["val_bpb"], s["eval_stride"]
         s.update({"badtype": {"seed": "1"}, "badversion": {"cuda": 12.8},
-                  "eval_only": {"mode": "eval_only"}}.get(case, {}))
+                  "eval_only": {"mode": "eval_only", "prequant_val_loss": None, "steps": 0}}.get(case, {}))
         if env.fmt == "new":
             path.write_text("train_gpt run_id:run_s1 mode:train\nsummary: logs/x.json\n")
             path.with_suffix(".json").write_text(json.dumps(s))
@@ -206,6 +317,130 @@ def test_parse_refusals(env, case, message):
         path.write_text("summary_json: " + json.dumps(summary(1)) + "\n")
     with pytest.raises(ms.InputError, match=message):
         ms.parse_log(path)
+
+
+# ------------------------------------------------------------------ the field schema
+def test_check_fields_on_a_schema_of_its_own():
+    F = ms.Field
+    schema = {"n": F("int", 0, 10), "x": F("float", -1, 1, optional=True),
+              "tag": F("str", choices=("a", "b"), null=True, optional=True),
+              "name": F("str", pattern=r"[a-z]+", what="lowercase letters", optional=True),
+              "o": F("object", fields={"k": F("bool")}, optional=True),
+              "m": F("object", pattern=r"[a-z]+", what="a word", values=F("int", 0, 1), optional=True)}
+    assert ms.check_fields({"n": 3, "other": object()}, schema) == []  # keys it does not name: not looked at
+    assert ms.check_fields({"n": 10, "x": 1, "tag": None, "name": "ab", "o": {"k": False, "z": 1},
+                            "m": {"a": 0}}, schema) == []  # an integer is a number; null where allowed
+    assert ms.check_fields({}, schema) == ["lacks n"]
+    assert ms.check_fields({"n": 11}, schema) == ["n=11 is not in [0, 10]"]
+    assert ms.check_fields({"n": 10 ** 400}, schema) == [f"n={str(10 ** 400)[:37]}... is not in [0, 10]"]
+    assert ms.check_fields({"n": 2 ** 20000}, schema) == ["n=<an integer of 20001 bits> is not in [0, 10]"]
+    assert ms.check_fields({"n": 1.0}, schema) == ["n=1.0 is not an integer"]
+    assert ms.check_fields({"n": False}, schema) == ["n=false is not an integer"]
+    assert ms.check_fields({"n": 1, "x": -math.inf}, schema) == ["x=-Infinity is not a finite number"]
+    assert ms.check_fields({"n": 1, "x": "0.5"}, schema) == ['x="0.5" is not a number']
+    assert ms.check_fields({"n": 1, "tag": "c"}, schema) == ['tag="c" is not one of "a", "b"']
+    assert ms.check_fields({"n": 1, "tag": 1}, schema) == ["tag=1 is not a string or null"]
+    assert ms.check_fields({"n": 1, "name": "A"}, schema) == ['name="A" is not lowercase letters']
+    assert ms.check_fields({"n": 1, "o": {}}, schema) == ["o lacks k"]
+    assert ms.check_fields({"n": 1, "o": {"k": "yes"}}, schema) == ['o.k="yes" is not true or false']
+    assert ms.check_fields({"n": 1, "o": None}, schema) == ["o=null is not an object"]
+    assert ms.check_fields({"n": 1, "m": {"A": 0, "b": 2}}, schema) == [
+        'm has the key "A", which is not a word', "m.b=2 is not in [0, 1]"]
+    assert ms.check_fields({"x": 2, "n": "1"}, schema) == ['n="1" is not an integer',  # in the schema's order
+                                                           "x=2 is not in [-1, 1]"]
+    assert ms.check_fields([1], schema) == ["it=[1] is not an object"]
+
+
+def test_log_text_becomes_the_value_its_field_expects():
+    F = ms.Field
+    assert ms._from_text("41234ms", F("float", 0, 1e9, unit="ms")) == 41234.0
+    assert ms._from_text("20480.5", F("float", 0, 1e9, unit="MiB")) == 20480.5
+    assert ms._from_text("-7", F("int", -9, 9)) == -7
+    for text, kind in (("7.0", "int"), ("1_000", "int"), ("1e3", "int"), ("x", "float"), ("1_0.5", "float"),
+                       ("9" * 5000, "int")):
+        assert ms._from_text(text, F(kind, 0, 1)) == text  # left as text: check_value says why
+    assert math.isnan(ms._from_text("nan", F("float", 0, 1)))
+    assert ms._from_text("ok", F("str")) == "ok"
+
+
+def _future_summary(**over):
+    s = summary(1, versions=True, eval_compile_s=3.2, caseops=True, preflight={"rows": [["data", "ok"]]},
+                eval_mode="sliding", eval_notes=[], model_params=25517137, **over)
+    s["config"].update(CASEOPS=1, DOC_MASK=1, EVAL_COMPILE=True)
+    return s
+
+
+def test_valid_summaries_pass_the_schema():
+    for s in (summary(1), summary(2, versions=True), _future_summary(),
+              summary(3, versions=True, cuda=None, flash_attn="2.8.3", compressor_packages=None,
+                      code_bytes_counted=2000, torch="2.6.0a0+ecf3bae40a.nv25.01", val_full=False)):
+        assert ms.check_fields(s, ms.SUMMARY_SCHEMA) == []
+        assert ms.check_fields(json.loads(json.dumps(s)), ms.SUMMARY_SCHEMA) == []
+
+
+DROP = object()
+# (what is changed in a valid summary, the exact problems the schema reports)
+BAD_SUMMARIES = [
+    (dict(val_bpb="1.2"), ['val_bpb="1.2" is not a number']),
+    (dict(val_bpb=None), ["val_bpb=null is not a number"]),
+    (dict(val_bpb=math.nan), ["val_bpb=NaN is not a finite number"]),
+    (dict(train_time_s=math.inf), ["train_time_s=Infinity is not a finite number"]),
+    (dict(val_bpb=[1.2]), ["val_bpb=[1.2] is not a number"]),
+    (dict(val_loss=-0.5), ["val_loss=-0.5 is not in [0, 1000000]"]),
+    (dict(artifact_bytes=-1), ["artifact_bytes=-1 is not in [1, 1000000000000]"]),
+    (dict(bytes_total=0), ["bytes_total=0 is not in [1, 1000000000000]"]),
+    (dict(steps=6701.0), ["steps=6701.0 is not an integer"]),
+    (dict(seed=2 ** 32), ["seed=4294967296 is not in [0, 4294967295]"]),
+    (dict(seed=-1), ["seed=-1 is not in [0, 4294967295]"]),
+    (dict(seed=True), ["seed=true is not an integer"]),
+    (dict(val_full=1), ["val_full=1 is not true or false"]),
+    (dict(train_time_s=10 ** 400), ["train_time_s=1000000000000000000000000000000000000... is not in [0, 100000000]"]),
+    (dict(world_size=0), ["world_size=0 is not in [1, 1048576]"]),
+    (dict(mode="finetune"), ['mode="finetune" is not one of "train", "eval_only"']),
+    (dict(code_sha256="ABC"), ['code_sha256="ABC" is not a sha256 (64 lowercase hex digits)']),
+    (dict(hardware=""), ['hardware="" is not one line of text (not empty, no control characters)']),
+    (dict(launch="A=1 torchrun\nrm -rf /"),
+     ['launch="A=1 torchrun\\nrm -rf /" is not one line of text (not empty, no control characters)']),
+    (dict(torch="2.5.1 --index-url x"), ['torch="2.5.1 --index-url x" is not a version (e.g. 2.1.3 or 2.6.0+cu128)']),
+    (dict(python=None), ["python=null is not a string"]),
+    (dict(cuda=12.8), ["cuda=12.8 is not a string or null"]),
+    (dict(config=[1]), ["config=[1] is not an object"]),
+    (dict(non_default={"NUM LAYERS": 1}), ['non_default has the key "NUM LAYERS", which is not a setting name']),
+    (dict(config__VOCAB_SIZE="1024"), ['config.VOCAB_SIZE="1024" is not an integer']),
+    (dict(config__VOCAB_SIZE=1), ["config.VOCAB_SIZE=1 is not in [2, 65536]"]),
+    (dict(compressor_packages=["brotli"]), ['compressor_packages=["brotli"] is not an object or null']),
+    (dict(compressor_packages={"brotli": 1}), ["compressor_packages.brotli=1 is not a string or null"]),
+    (dict(val_bpb=DROP, artifact_bytes=DROP), ["lacks val_bpb, artifact_bytes"]),
+    (dict(run_id=DROP, seed="1", steps=-1), ["lacks run_id", 'seed="1" is not an integer',
+                                             "steps=-1 is not in [0, 1000000000]"]),
+]
+
+
+@pytest.mark.parametrize("change, problems", BAD_SUMMARIES, ids=[p[0] for _, p in BAD_SUMMARIES])
+def test_each_malformed_summary_field_yields_its_problem(change, problems):
+    s = _future_summary()
+    for key, value in change.items():
+        node, key = (s["config"], key[8:]) if key.startswith("config__") else (s, key)
+        if value is DROP:
+            del node[key]
+        else:
+            node[key] = value
+    assert ms.check_fields(s, ms.SUMMARY_SCHEMA) == problems
+
+
+def test_a_summary_problem_is_one_line_naming_file_and_fields(tmp_path):
+    def edit(text):
+        s = json.loads(text)
+        s.update(seed="1", steps=-1, val_bpb=None, over_cap=0, python=3.11, torch=None, world_size=0.5)
+        return json.dumps(s)
+    log = write_log(tmp_path / "s1.txt", summary(1, versions=True), edit_json=edit)
+    with pytest.raises(ms.InputError) as e:
+        ms.parse_log(log)
+    assert e.value.messages == [
+        f"summary {log.with_suffix('.json')} (of log {log}): seed=\"1\" is not an integer; world_size=0.5 is "
+        "not an integer; python=3.11 is not a string; torch=null is not a string; steps=-1 is not in [0, "
+        "1000000000]; val_bpb=null is not a number; and 1 more; it is the .json train_gpt.py writes when the "
+        "run ends: restore it, or rerun"]
 
 
 def test_truncated_log_is_refused_by_the_command(env, capsys):

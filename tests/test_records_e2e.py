@@ -83,6 +83,10 @@ def test_two_tiny_cpu_seeds_to_a_folder_that_reproduces(tmp_path):
     for seed in (1, 2):
         _torchrun(work, {**env, "SEED": str(seed), "RUN_ID": f"tiny_s{seed}"})
     logs = [work / "logs" / f"tiny_s{seed}.txt" for seed in (1, 2)]
+    for log in logs:  # what the trainer writes passes the tool's field schemas as it is
+        if log.with_suffix(".json").is_file():
+            assert ms.check_fields(json.loads(log.with_suffix(".json").read_text()), ms.SUMMARY_SCHEMA) == []
+        assert ms.consistency_problems(ms.parse_log(log)) == []
     argv = [str(p) for p in logs] + [
         "--author", "CI", "--github-id", "ci", "--name", "TinyCPU", "--blurb", "CPU smoke run.",
         "--track", "non_record_16mb", "--code", str(work / "train_gpt.py"), "--pack-code",

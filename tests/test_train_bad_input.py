@@ -34,7 +34,7 @@ def test_missing_data_message_names_the_commands_that_fetch_it(workspace, capsys
 
 def test_unwritable_log_folder_is_refused(workspace, capsys):
     (workspace / "logs").write_text("a file where the log folder should be")
-    fails_with(capsys, "cannot write the log or artifact")
+    fails_with(capsys, "cannot write the log logs/bad.txt: logs is a file, not a folder")
     assert (workspace / "logs").read_text() == "a file where the log folder should be"
 
 

@@ -138,9 +138,9 @@ def test_load_validation_trims_to_whole_windows_and_reports_partial(sample_data,
     data_path, _ = sample_data
     files = tg.find_shards(data_path, "val")
     cfg = tg.Config(vocab_size=1024, val_max_tokens=1000)
-    val = tg.load_validation(cfg, files, sample[2], 128, "cpu")
+    val, _ = tg.load_validation(cfg, files, sample[2], 128, "cpu")
     assert (val.num_targets, len(val.tokens), val.full) == (896, 897, False)
-    full = tg.load_validation(tg.Config(vocab_size=1024), files, sample[2], 128, "cpu")
+    full, _ = tg.load_validation(tg.Config(vocab_size=1024), files, sample[2], 128, "cpu")
     assert full.full and full.num_targets == (len(sample[1]) - 1) // 128 * 128
     with pytest.raises(tg.DataError, match="fewer than one eval window"):
         tg.load_validation(tg.Config(vocab_size=1024, val_max_tokens=100), files, sample[2], 128, "cpu")
@@ -166,10 +166,15 @@ def test_windows_refuse_settings_that_would_skip_targets():
             tg.eval_windows(n, seq_len, stride)
 
 
-def test_batches_have_one_shape_each_and_cover_every_window_once():
-    starts, score_from = tg.eval_windows(1000, 128, 48)
-    batches = tg.eval_batches(starts, score_from, 5)
-    assert sorted(s for _, b in batches for s in b.tolist()) == sorted(starts.tolist())
-    for first, b in batches:
-        assert 1 <= len(b) <= 5 and (score_from[torch.isin(starts, b)] == first).all()
-    assert len({first for first, _ in batches}) == 3  # the first window, the regular ones, the final one
+@pytest.mark.parametrize("n, seq_len, stride", [(1000, 128, 48), (1000, 128, 128), (999, 100, 33), (64, 16, 16)])
+def test_batches_have_two_shapes_in_all_and_score_every_window_once(n, seq_len, stride):
+    """Every batch holds exactly `batch` windows and runs from one of two first positions (a compiled model compiles
+    two graphs); each real window appears once with its own first scored position, padding windows score nothing."""
+    starts, score_from = tg.eval_windows(n, seq_len, stride)
+    batches = tg.eval_batches(starts, score_from, 5, seq_len)
+    real = [(s, f) for _, b, fs in batches for s, f in zip(b.tolist(), fs.tolist()) if f < seq_len]
+    assert sorted(real) == sorted(zip(starts.tolist(), score_from.tolist()))
+    assert all(len(b) == len(fs) == 5 and (fs >= first).all() for first, b, fs in batches)
+    later = score_from[score_from > 0]  # the final window of a split that is not whole windows scores fewer
+    assert {first for first, _, _ in batches} == {0} | ({seq_len - stride if stride < seq_len else int(later.min())}
+                                                        if len(later) else set())

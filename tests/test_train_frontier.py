@@ -84,7 +84,7 @@ def test_xsa_output_is_orthogonal_to_its_own_normalised_value():
         with torch.no_grad():
             attn.proj.weight.copy_(torch.eye(32))  # the output is then the per-head attention output itself
         x = torch.randn(2, 16, 32)
-        y = attn(x, tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)).view(2, 16, 4, 8)
+        y = attn(x, (*tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4), (None, None))).view(2, 16, 4, 8)
         v = F.normalize(F.linear(x, attn.v.weight).view(2, 16, 2, 8), dim=-1)
         dots = torch.einsum("bthd,bthd->bth", y, v[:, :, [0, 0, 1, 1]])  # q heads 0,1 read kv head 0; 2,3 read 1
         assert (dots.abs().max() < 1e-5) == bool(xsa)
@@ -157,7 +157,7 @@ def test_zero_initialised_gates_at_init():
     gated = model.blocks[0].attn
     plain = tg.CausalSelfAttention(frontier(sparse_attn_gate_enabled=False), tg.Kernels(tg._sdpa), 0)
     plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
-    rotary = tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)
+    rotary = (*tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4), (None, None))
     with torch.no_grad():
         gated.proj.weight.copy_(torch.eye(32))
         plain.proj.weight.copy_(torch.eye(32))
@@ -198,7 +198,7 @@ def test_ln_scale_mlp_activation_and_parallel_lanes_follow_their_formulas():
     assert block.ln_scale == 0.5 and torch.allclose(block.norm(x), F.rms_norm(x, (32,)) / 2)
     mlp = block.mlp
     assert torch.allclose(mlp(x), F.linear(F.leaky_relu(F.linear(x, mlp.fc.weight), 0.5) ** 2, mlp.proj.weight))
-    rotary = tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4)
+    rotary = (*tg.rotary_tables(16, 8, 4, 10000.0, 16, "cpu", 4), (None, None))
     l0, l1 = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
     resid, post = model.parallel_resid[3], model.parallel_post[3]
     a = block.attn_scale * block.attn(block.norm(block.resid_mix[0] * l0 + block.resid_mix[1] * x0), rotary)

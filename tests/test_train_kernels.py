@@ -93,7 +93,8 @@ def test_fused_kernels_auto_means_cpu_in_bf16():
         name, kernels = tg.select_kernels(tg.Config(fused_kernels=setting), cpu, bf16)
         assert (kernels.rms_norm == tg.RMSNorm.apply) == fused and name.endswith("fused" if fused else "reference")
         assert kernels.attention == (tg.MatmulAttention.apply if bf16 else tg._sdpa)
-    assert tg.Kernels(tg._sdpa) == (tg._sdpa, tg.rms_norm, tg.norm_rotary, tg.squared_act, tg.head_loss)
+    assert tg.Kernels(tg._sdpa) == (tg._sdpa, tg.segment_mask, tg.rms_norm, tg.norm_rotary, tg.squared_act,
+                                    tg.head_loss)
 
 
 def test_newton_schulz_of_a_stack_equals_each_matrix_alone():

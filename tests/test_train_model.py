@@ -97,16 +97,19 @@ def test_matmul_attention_equals_sdpa_with_gqa_and_suffix_queries(monkeypatch, r
     the backward in one block of queries and in several (whole and ragged), each against only the keys it sees."""
     if rows:  # the block size follows ATTENTION_BLOCK_SCORES / (batch * kv heads * heads per kv head * keys) = SCORES / 96 here
         monkeypatch.setattr(tg, "ATTENTION_BLOCK_SCORES", rows * 2 * 2 * 2 * 12)
+    docs = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 3, 3], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]])  # DOC_MASK segments
     for tq in (12, 5):
-        q, k, v = attention_inputs(tq)
-        assert torch.autograd.gradcheck(tg.MatmulAttention.apply, (q, k, v))
-        out, ref = tg.MatmulAttention.apply(q, k, v), tg._sdpa(q, k, v)
-        assert out.shape == ref.shape == (2, tq, 4, 8) and torch.allclose(out, ref, atol=1e-12)
-        g = torch.randn_like(ref)
-        for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
-            assert torch.allclose(a, b, atol=1e-12)
+        for mask in (None, tg.segment_mask(docs, tq, 12)):
+            q, k, v = attention_inputs(tq)
+            assert torch.autograd.gradcheck(tg.MatmulAttention.apply, (q, k, v, mask))
+            out, ref = tg.MatmulAttention.apply(q, k, v, mask), tg._sdpa(q, k, v, mask)
+            assert out.shape == ref.shape == (2, tq, 4, 8) and torch.allclose(out, ref, atol=1e-12)
+            g = torch.randn_like(ref)
+            for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+                assert torch.allclose(a, b, atol=1e-12)
     q, k, _ = attention_inputs(12)
-    blocks = [b[0] for b in tg.MatmulAttention.blocks(q.transpose(1, 2).reshape(4, 2, 12, 8), k.transpose(1, 2).reshape(4, 12, 8), 12)]
+    blocks = [b[0] for b in tg.MatmulAttention.blocks(q.transpose(1, 2).reshape(4, 2, 12, 8),
+                                                      k.transpose(1, 2).reshape(4, 12, 8), 12, None)]
     assert blocks == ([slice(0, 12)] if rows is None else [slice(a, min(a + rows, 12)) for a in range(0, 12, rows)])
 
 
@@ -121,8 +124,8 @@ def test_matmul_attention_keeps_no_score_matrix_for_the_backward():
 
 def test_cpu_auto_attention_is_matmul_in_bf16_and_sdpa_in_fp32():
     cpu = torch.device("cpu")
-    assert tg.select_attention("auto", cpu, True) == ("matmul", tg.MatmulAttention.apply)
-    assert tg.select_attention("auto", cpu, False) == ("sdpa", tg._sdpa)
+    assert tg.select_attention("auto", cpu, True) == ("matmul", tg.MatmulAttention.apply, tg.segment_mask)
+    assert tg.select_attention("auto", cpu, False) == ("sdpa", tg._sdpa, tg.segment_mask)
     assert tg.select_attention("sdpa", cpu, True)[0] == "sdpa" and tg.select_attention("matmul", cpu, False)[0] == "matmul"
     q, k, v = (t.detach().to(torch.bfloat16) for t in attention_inputs(12))
     assert (tg.MatmulAttention.apply(q, k, v).float() - tg._sdpa(q, k, v).float()).abs().max() < 0.05
