@@ -179,6 +179,7 @@ class Config:
     compressor: str = S("zstd", "zstd|brotli|lzma|ans")
     zstd_level: int = S(22, "[1, 22]")
     fit_to_cap: bool = S(False, "0|1")
+    cap_margin_bytes: int = S(0, "[0, 15000000]")  # FIT_TO_CAP's target: the cap less this
     code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
     # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
@@ -217,7 +218,7 @@ RECIPES = {"classic": {}, "frontier": dict(
         matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03, muon_momentum=0.97, muon_ns="polar",
         muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
         ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7, quant_method="gptq",
-        quant_clip="sdclip", lqer_top_k=3, compressor="ans", code_bytes="packed",
+        quant_clip="sdclip", lqer_top_k=3, fit_to_cap=True, cap_margin_bytes=50_000, compressor="ans", code_bytes="packed",
         eval_mode="ttt", phased_ttt_num_phases=3)}
 # Names other public scripts use, with what this one reads instead (warned about, never silently ignored).
 FOREIGN_NAMES = {"WEIGHT_DECAY": "use MUON_WD, ADAM_WD and EMBED_WD", "SWA_ENABLED": "use SWA_EVERY (0 = off)",
@@ -1721,8 +1722,9 @@ class SWA:
 
 # =================================== export ===================================
 
-ARTIFACT_MAGIC, ARTIFACT_VERSION, MAX_PAYLOAD_BYTES = b"PGOLFART", 3, 1 << 30  # max: what an artifact may decompress to
-ARRAY_DTYPES = {"i1": np.int8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
+ARTIFACT_MAGIC, ARTIFACT_VERSION, MAX_PAYLOAD_BYTES = b"PGOLFART", 4, 1 << 30  # max: what an artifact may decompress to
+ARRAY_DTYPES = {"i1": np.int8, "u1": np.uint8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
+SCALE_STEPS = 32  # row scales lie on a grid of 2^(1/32) (steps of 2.2%): one byte per row above the tensor's smallest
 
 
 class ArtifactError(Exception):
@@ -1741,15 +1743,27 @@ def clip_sigmas_for(name: str, cfg: Config) -> float:
             else cfg.attn_clip_sigmas if ".attn." in name else cfg.matrix_clip_sigmas)
 
 
+def on_scale_grid(s: torch.Tensor) -> torch.Tensor:
+    """Row scales rounded up onto the 2^(k/SCALE_STEPS) grid, at most 255 steps above the tensor's largest less 255."""
+    k = torch.ceil(torch.log2(s.double().clamp_min(2 ** -24)) * SCALE_STEPS)
+    return torch.exp2(torch.maximum(k, k.max() - 255) / SCALE_STEPS).float()
+
+
+def scale_codes(scale: np.ndarray) -> tuple[int, np.ndarray]:
+    """(the smallest grid exponent, each row's steps above it as uint8) of grid scales: how an artifact stores them."""
+    k = np.round(np.log2(scale.astype(np.float64)) * SCALE_STEPS).astype(np.int64)
+    return int(k.min()), (k - k.min()).astype(np.uint8)
+
+
 def row_scales(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> torch.Tensor:
-    """fp16 scale per row: max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values beyond k std
-    are clipped), or the fraction of absmax among 0.50..1.00 with the least squared error (search)."""
+    """Scale per row, on the grid (`on_scale_grid`): max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values
+    beyond k std are clipped), or the fraction of absmax among 0.50..1.00 with the least squared error (search)."""
     qmax, absmax = 2 ** (bits - 1) - 1, w.abs().amax(dim=1, keepdim=True)
     if clip == "sdclip":
-        return (sigmas * w.std(dim=1, keepdim=True) / qmax).clamp_min(2 ** -14).half()
+        return on_scale_grid(sigmas * w.std(dim=1, keepdim=True) / qmax)
     best, best_err = None, None
     for frac in ((1.0,) if clip == "absmax" else torch.linspace(0.5, 1.0, 11).tolist()):
-        s = (frac * absmax / qmax).clamp_min(2 ** -14).half()
+        s = on_scale_grid(frac * absmax / qmax)
         err = (w - torch.clamp(torch.round(w / s.float()), -qmax, qmax) * s.float()).square().sum(1, keepdim=True)
         best = s if best is None else torch.where(err < best_err, s, best)
         best_err = err if best_err is None else torch.minimum(err, best_err)
@@ -1800,7 +1814,8 @@ def dequantize(t: dict, a: dict) -> np.ndarray:
     """float32 weights of a tensor-table entry from its arrays (numpy, float32)."""
     if t["kind"] == "f16":
         return a["data"].reshape(t["shape"])
-    w = a["q"].reshape(t["shape"]) * a["scale"][:, None]
+    scale = np.exp2((a["scale"].astype(np.float64) + t["scale_log2"]) / SCALE_STEPS).astype(np.float32)
+    w = a["q"].reshape(t["shape"]) * scale[:, None]
     if "lqer" in t:  # + A B, the low-rank correction of the quantisation error
         (rows, cols), (rank, group) = t["shape"], t["lqer"]
         A = (a["a"] * a["a_scale"][0]).reshape(rows, rank)
@@ -1836,33 +1851,40 @@ def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
     return hessians
 
 
-def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: Runtime | None = None) -> list[dict]:
-    """Per tensor: name, shape, kind ("q": int8 codes + fp16 scale per row, with optional LQER factors;
-    "f16") and numpy arrays. With Hessians, matrices get GPTQ codes (each rank computes a share)."""
-    hessians, todo = hessians or {}, {}
+def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: Runtime | None = None,
+                   cache: dict | None = None) -> list[dict]:
+    """Per tensor: name, shape, kind ("q": int8 codes + a grid scale per row, with optional LQER factors;
+    "f16") and numpy arrays. With Hessians, matrices get GPTQ codes (each rank computes a share; `cache` keeps them
+    by tensor and settings, for FIT_TO_CAP's trials)."""
+    hessians, todo, cache = hessians or {}, {}, {} if cache is None else cache
     for name, t in state.items():
         if (bits := quant_bits_for(name, cfg) if t.ndim == 2 else 16) < 16:
             w = prune_smallest(t.detach().float(), cfg.prune_frac)
-            todo[name] = (w, bits, row_scales(w, bits, cfg.quant_clip, clip_sigmas_for(name, cfg)))
+            key = (name, bits, cfg.quant_clip, clip_sigmas_for(name, cfg), cfg.prune_frac)
+            todo[name] = (w, bits, row_scales(w, bits, cfg.quant_clip, key[3]), key)
     mine = {}
-    for i, name in enumerate(n for n in todo if n in hessians):
+    for i, name in enumerate(n for n in todo if n in hessians and todo[n][3] not in cache):
         if rt is None or i % rt.world_size == rt.rank:
-            w, bits, scale = todo[name]
+            w, bits, scale, _ = todo[name]
             mine[name] = gptq(w, hessians[name].to(w.device), bits, scale).cpu()
     if rt is not None and rt.world_size > 1:
         shares = [None] * rt.world_size
         dist.all_gather_object(shares, mine, group=rt.host_group)
         mine = {k: v for share in shares for k, v in share.items()}
+    cache.update({todo[n][3]: q for n, q in mine.items()})
+    mine = {n: cache[todo[n][3]] for n in todo if todo[n][3] in cache}
     entries, errors = [], {}
     for name, t in state.items():
         if name not in todo:
             entries.append(dict(name=name, shape=list(t.shape), kind="f16", arrays=dict(data=t.detach().cpu().half().numpy())))
             continue
-        w, bits, scale = todo[name]
+        w, bits, scale, _ = todo[name]
         w, scale, qmax = w.cpu(), scale.cpu(), 2 ** (bits - 1) - 1
         q = mine[name] if name in mine else torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
         errors[name] = w - q.float() * scale.float()
-        entries.append(dict(name=name, shape=list(w.shape), kind="q", arrays=dict(q=q.numpy(), scale=scale[:, 0].numpy())))
+        base, codes = scale_codes(scale[:, 0].numpy())
+        entries.append(dict(name=name, shape=list(w.shape), kind="q", scale_log2=base, arrays=dict(q=q.numpy(),
+                                                                                                 scale=codes)))
     for name in sorted(errors, key=lambda n: -errors[n].norm().item())[:cfg.lqer_top_k]:
         U, S, Vh = torch.linalg.svd(errors[name], full_matrices=False)
         rank = min(cfg.lqer_rank, len(S))
@@ -2010,7 +2032,7 @@ def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
             w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))
             if bits < 16:
                 q, scale = quantize_rows(w, bits, cfg.quant_clip, key[1])
-                raw = q.numpy().tobytes() + (scale.numpy().tobytes() * 2 if cfg.lqer_top_k else scale.numpy().tobytes())
+                raw = q.numpy().tobytes() + scale_codes(scale.numpy())[1].tobytes() * (2 if cfg.lqer_top_k else 1)
             else:
                 raw = (w * 0.02).half().numpy().tobytes()
             per_value[key] = len(codec(cfg.compressor)[0](raw, cfg)) / w.numel()
@@ -2018,48 +2040,59 @@ def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
     return int(total)
 
 
-def cap_ladder(cfg: Config):
-    """FIT_TO_CAP's cumulative step-downs, cheapest first: more pruning, then 1 bit less for MLP/attn/embed in turn."""
-    changes = {}
-    for frac in (0.03, 0.06, 0.1):
-        if frac > cfg.prune_frac:
-            changes["prune_frac"] = frac
-            yield f"PRUNE_FRAC={frac}", dict(changes)
-    for _ in range(2):
-        for name in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_embed"):
-            if 3 < (bits := changes.get(name, getattr(cfg, name))):
-                changes[name] = 8 if bits == 16 else bits - 1
-                yield f"{name.upper()}={changes[name]}", dict(changes)
+def cap_steps(cfg: Config) -> list[dict]:
+    """FIT_TO_CAP's possible next steps from `cfg`, each one setting coarser: with SDClip, a class's clip (MLP,
+    attention, embedding, other matrices) 4% wider, the finest step (about 0.06 bits per code); otherwise, 1 bit less
+    for a class, or 3% more pruning."""
+    if cfg.quant_clip == "sdclip":
+        return [{k: round(getattr(cfg, k) * 1.04, 6)} for k in ("mlp_clip_sigmas", "attn_clip_sigmas",
+                                                                "embed_clip_sigmas", "matrix_clip_sigmas")]
+    bits = [{k: 8 if v == 16 else v - 1} for k in ("quant_bits_mlp", "quant_bits_attn", "quant_bits_bigram",
+                                                   "quant_bits_embed") if (v := getattr(cfg, k)) > 3]
+    return bits + ([{"prune_frac": round(cfg.prune_frac + 0.03, 6)}] if cfg.prune_frac < 0.3 else [])
 
 
 def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
                     code_bytes: int, score: dict) -> bytes:
-    """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on
-    sizes. With FIT_TO_CAP, while code + artifact is over the cap, step down the ladder, logging each
-    step's bytes and its cost in plain-eval bpb; the trained weights are restored afterwards."""
+    """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on sizes. With
+    FIT_TO_CAP, while code + artifact is over the cap less CAP_MARGIN_BYTES, try each of `cap_steps` and take the one
+    that costs the least plain-eval bpb per byte saved, logging each; the trained weights are restored afterwards."""
+    cache = {}
+
     def build(c: Config) -> tuple:
-        t0, entries = time.perf_counter(), quantise_state(state, c, hessians, rt)
+        t0, entries = time.perf_counter(), quantise_state(state, c, hessians, rt, cache)
         return entries, pack_artifact(entries, c, score, rt), time.perf_counter() - t0
 
-    def plain_bpb(entries) -> float:
+    def plain_bpb(entries) -> float:  # on the first 2M validation tokens at most: a cost to compare steps by
         model.load_state_dict({e["name"]: torch.from_numpy(dequantize(e, {k: a.astype(np.float32) for k, a in
                                                                           e["arrays"].items()})) for e in entries})
-        return evaluate(run_model, val, cfg, rt, cfg.eval_seq_len)[1]
+        n = min(val.num_targets, max(1 << 21, cfg.eval_seq_len) // cfg.eval_seq_len * cfg.eval_seq_len)
+        return evaluate(run_model, ValData(val.tokens[:n + 1], val.target_bytes[:n], n, False), cfg, rt,
+                        cfg.eval_seq_len)[1]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     entries, blob, seconds = build(cfg)
     log(f"export: {len(blob)} bytes in {seconds:.1f}s (QUANT_METHOD={cfg.quant_method} QUANT_CLIP={cfg.quant_clip} "
         f"LQER_TOP_K={cfg.lqer_top_k} COMPRESSOR={cfg.compressor})")
-    if cfg.fit_to_cap and len(blob) + code_bytes > SIZE_CAP_BYTES:
-        last = plain_bpb(entries)
-        for step, changes in cap_ladder(cfg):
-            entries, blob, seconds = build(replace(cfg, **changes))
-            bpb, fits = plain_bpb(entries), len(blob) + code_bytes <= SIZE_CAP_BYTES
-            log(f"fit_to_cap: {step}: artifact {len(blob)} + code {code_bytes} = {len(blob) + code_bytes} bytes "
-                f"({'fits' if fits else 'over'} the cap), bpb cost {bpb - last:+.5f} (plain eval), {seconds:.1f}s")
-            last = bpb
-            if fits:
+    target, c, t0 = SIZE_CAP_BYTES - cfg.cap_margin_bytes, cfg, time.perf_counter()
+    if cfg.fit_to_cap and len(blob) + code_bytes > target:
+        bpb = plain_bpb(entries)
+        for _ in range(64):  # (each step makes one setting coarser: the bytes fall)
+            if len(blob) + code_bytes <= target or not (steps := cap_steps(c)):
                 break
+            trials = []
+            for step in steps:  # (trial bpb, bytes saved, step, entries, blob)
+                e, b, _ = build(replace(c, **step))
+                trials.append((plain_bpb(e), len(blob) - len(b), step, e, b))
+                log(f"fit_to_cap: trial {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: {len(b)} bytes "
+                    f"({-trials[-1][1]:+d}), plain bpb {trials[-1][0] - bpb:+.5f}")
+            new_bpb, saved, step, entries, blob = min(trials, key=lambda t: (t[1] <= 0, (t[0] - bpb) / max(t[1], 1)))
+            log(f"fit_to_cap: chose {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: artifact {len(blob)} + "
+                f"code {code_bytes} = {len(blob) + code_bytes} bytes (target {target}), {(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} "
+                "bpb per MB saved")
+            c, bpb = replace(c, **step), new_bpb
         model.load_state_dict(state)
+        log(f"fit_to_cap: {'fits' if len(blob) + code_bytes <= target else 'still over'} after "
+            f"{time.perf_counter() - t0:.1f}s")
     return blob
 
 
@@ -2131,6 +2164,9 @@ def check_header(h: dict, body_size: int) -> None:
             raise ValueError(f"tensor {t.get('name')!r}: bad name or shape {shape!r}")
         n = math.prod(shape)
         expect = {"f16": {"data": n}, "q": {"q": n, "scale": shape[0] if shape else 0}}.get(t["kind"], {})
+        if t["kind"] == "q" and not (isinstance(t.get("scale_log2"), int) and abs(t["scale_log2"]) <= 64 * SCALE_STEPS):
+            raise ValueError(f"tensor {t['name']!r}: scale_log2 {t.get('scale_log2')!r} is not a whole number in "
+                             f"[-{64 * SCALE_STEPS}, {64 * SCALE_STEPS}]")
         if t["kind"] == "q" and "lqer" in t:
             rank, group = t["lqer"]
             if not (len(shape) == 2 and isinstance(rank, int) and 1 <= rank <= min(shape) and isinstance(group, int)
@@ -2680,13 +2716,18 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     log(f"val_tokens:{val.num_targets} (whole {cfg.eval_seq_len}-token windows){'' if val.full else ' PARTIAL'}")
     params = sum(p.numel() for p in model.parameters())
     log(f"model_params:{params} flops_per_token:{flops_per_token(model, cfg.train_seq_len):.4g}")
+    sizes = {}
     if not cfg.eval_only:
         forecast, code_counted = forecast_artifact_bytes(model, cfg), counted_code_bytes(cfg, code)
-        log(f"size_forecast: artifact {forecast} + code {code_counted} ({cfg.code_bytes}) = {forecast + code_counted} "
-            f"bytes, cap {SIZE_CAP_BYTES}" + ("" if forecast + code_counted <= SIZE_CAP_BYTES else
-            f"; warning: {forecast + code_counted - SIZE_CAP_BYTES} bytes over: " + (
-                "the export will step down until it fits (FIT_TO_CAP=1)" if cfg.fit_to_cap else
-                "set FIT_TO_CAP=1, PRUNE_FRAC or fewer QUANT_BITS_*")))
+        total, target = forecast + code_counted, SIZE_CAP_BYTES - cfg.cap_margin_bytes
+        log(f"size_forecast: artifact {forecast} + code {code_counted} ({cfg.code_bytes}) = {total} bytes, cap "
+            f"{SIZE_CAP_BYTES}" + (f"; FIT_TO_CAP=1: the export keeps it at most {target} (CAP_MARGIN_BYTES="
+                                   f"{cfg.cap_margin_bytes}), choosing the steps by their measured bpb cost"
+                                   if cfg.fit_to_cap else "" if total <= SIZE_CAP_BYTES else f"; warning: "
+                                   f"{total - SIZE_CAP_BYTES} bytes over: set FIT_TO_CAP=1, PRUNE_FRAC or fewer "
+                                   "QUANT_BITS_*"))
+        sizes = dict(size_forecast=total, size_target=target if cfg.fit_to_cap else SIZE_CAP_BYTES)
+
     name, env = device_name(rt.device), " ".join(f"{k}={shlex.quote(str(v))}" for k, v in user_settings.items())
     runner = f"torchrun --standalone --nproc_per_node={rt.world_size}" if "LOCAL_RANK" in os.environ else "python3"
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
@@ -2699,7 +2740,8 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
                    if cfg.compressor != "zstd" else {}, hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
                                                                   else f"{rt.world_size}x CPU process ({name})"),
                    model_params=params, rescore_overrides=overridden, steps=0, step_avg_ms=0.0, train_time_s=0.0,
-                   stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None, artifact_load_s=artifact_load_s)
+                   stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None, artifact_load_s=artifact_load_s,
+                   **sizes)
     if not cfg.eval_only:
         figures, hessians = train(cfg, rt, log, model, run_model, train_files, val, resume), None
         if cfg.quant_method == "gptq":  # calibration reads training data: it belongs to the training budget

@@ -67,8 +67,13 @@ def test_sdclip_and_clip_search():
     w = torch.randn(64, 256)
     w[:, 0] = 40.0  # one outlier per row: absmax wastes the grid on it
     qmax = 31
-    sd = tg.row_scales(w, 6, "sdclip", 3.0).float()
-    assert torch.allclose(sd, (3.0 * w.std(dim=1, keepdim=True) / qmax).half().float())
+    sd, exact = tg.row_scales(w, 6, "sdclip", 3.0).double(), 3.0 * w.double().std(dim=1, keepdim=True) / qmax
+    steps = torch.log2(sd) * tg.SCALE_STEPS  # the smallest grid scale 2^(k/32) at or above the exact one
+    assert torch.allclose(steps, steps.round(), atol=1e-5) and (sd >= exact * (1 - 1e-6)).all()
+    assert (sd < exact * 2 ** (1 / tg.SCALE_STEPS) * (1 + 1e-6)).all()
+    base, codes = tg.scale_codes(sd.float().numpy()[:, 0])  # stored as one byte per row, read back exactly
+    assert codes.dtype == np.uint8 and np.array_equal(np.exp2((codes + 0.0 + base) / tg.SCALE_STEPS).astype(np.float32),
+                                                      sd.float().numpy()[:, 0])
     errors = {}
     for clip in ("absmax", "sdclip", "search"):
         q, s = tg.quantize_rows(w, 6, clip, 3.0)
@@ -166,19 +171,39 @@ def test_size_forecast_is_within_ten_percent(workspace, monkeypatch):
     assert abs(forecast - actual) <= 0.1 * actual, (forecast, actual)
 
 
-def test_fit_to_cap_steps_down_until_a_tiny_cap_is_met(workspace, monkeypatch, capsys):
+def test_fit_to_cap_takes_the_cheapest_step_each_round_until_the_target(workspace, monkeypatch):
+    """A cap far below the unconstrained artifact (~170 kB) and a margin under it: each round tries every step, takes the
+    one with the least plain-eval bpb per byte saved (recomputed here from the trial lines), and stops once code +
+    artifact is under the cap less CAP_MARGIN_BYTES."""
     code = len((tg.Path(tg.__file__)).read_bytes())
-    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", code + 90_000)  # the unconstrained artifact is ~170 kB
-    for k, v in dict(RUN_ID="cap", FIT_TO_CAP="1").items():
+    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", code + 100_000)
+    for k, v in dict(RUN_ID="cap", FIT_TO_CAP="1", CAP_MARGIN_BYTES="10000").items():
         monkeypatch.setenv(k, v)
     assert tg.main() == 0
     log = (workspace / "logs" / "cap.txt").read_text()
-    steps = re.findall(r"^fit_to_cap: (\S+): artifact (\d+) \+ code \d+ = (\d+) bytes \((fits|over) the cap\), "
-                       r"bpb cost ([-+][\d.]+)", log, re.M)
-    assert steps and steps[-1][3] == "fits" and all(s[3] == "over" for s in steps[:-1])
-    assert [int(s[1]) for s in steps] == sorted((int(s[1]) for s in steps), reverse=True)
+    rounds = re.split(r"^fit_to_cap: chose .*$", log.split("export: ")[1], flags=re.M)[:-1]
+    chosen = re.findall(r"^fit_to_cap: chose (\S+): artifact (\d+) \+ code \d+ = (\d+) bytes \(target (\d+)\)", log, re.M)
+    assert len(chosen) >= 2 and len(rounds) == len(chosen)
+    for trials, (step, artifact, total, target) in zip(rounds, chosen):
+        tried = [(name, int(saved), float(bpb)) for name, saved, bpb in re.findall(
+            r"^fit_to_cap: trial (\S+): \d+ bytes \(([-+]\d+)\), plain bpb ([-+][\d.]+)", trials, re.M)]
+        assert len(tried) >= 4  # every class's bits, and more pruning
+        best = min(tried, key=lambda t: (-t[1] <= 0, t[2] / max(-t[1], 1)))
+        assert step == best[0], (step, tried)
+    assert [int(c[1]) for c in chosen] == sorted((int(c[1]) for c in chosen), reverse=True)
+    assert int(chosen[-1][2]) <= int(chosen[-1][3]) == tg.SIZE_CAP_BYTES - 10_000 < int(chosen[-2][2])
     s = json.loads((workspace / "logs" / "cap.json").read_text())
-    assert s["bytes_total"] <= tg.SIZE_CAP_BYTES and not s["over_cap"] and "warning: " in log
+    assert s["bytes_total"] <= tg.SIZE_CAP_BYTES - 10_000 and "fit_to_cap: fits after" in log
+
+
+def test_cap_steps_are_each_one_setting_coarser():
+    sd = tg.Config(quant_clip="sdclip")
+    steps = tg.cap_steps(sd)
+    assert [list(s) for s in steps] == [["mlp_clip_sigmas"], ["attn_clip_sigmas"], ["embed_clip_sigmas"],
+                                        ["matrix_clip_sigmas"]]
+    assert all(abs(v / getattr(sd, k) - 1.04) < 1e-6 for s in steps for k, v in s.items())
+    rtn = tg.cap_steps(tg.Config(quant_bits_mlp=5, quant_bits_attn=3, quant_bits_embed=16, prune_frac=0.1))
+    assert rtn == [{"quant_bits_mlp": 4}, {"quant_bits_bigram": 5}, {"quant_bits_embed": 8}, {"prune_frac": 0.13}]
 
 
 def test_a_missing_compressor_package_is_one_clear_line(monkeypatch):
