@@ -39,6 +39,10 @@ def parse_args():
                    help="model size: quickstart = README quick-start model (default), large = 8x256, seq 512")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra/overriding trainer env setting for both sides (repeatable), e.g. CPU_DTYPE=fp32")
+    p.add_argument("--set-base", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for the base side only (repeatable): with --candidate equal to --against, the cost "
+                        "of a switch, e.g. --against HEAD --candidate HEAD --set-base DOC_MASK=0 --set-new DOC_MASK=1")
+    p.add_argument("--set-new", action="append", default=[], metavar="KEY=VALUE", help="a setting for the new side only")
     p.add_argument("--pairs", type=int, default=3, help="interleaved base/new pairs (default 3)")
     p.add_argument("--steps", type=int, default=30, help="ITERATIONS of each run (default 30)")
     p.add_argument("--skip-steps", type=int, default=5, help="steps left out of ms/step as warm-up (default 5)")
@@ -58,8 +62,8 @@ def parse_args():
     a = p.parse_args()
     if bool(a.data_path) != bool(a.tokenizer_path):
         p.error("--data-path and --tokenizer-path go together")
-    if any("=" not in s for s in a.set):
-        p.error("--set takes KEY=VALUE")
+    if any("=" not in s for s in a.set + a.set_base + a.set_new):
+        p.error("--set, --set-base and --set-new take KEY=VALUE")
     if a.pairs < 1 or a.steps < 1 or a.nproc < 1:
         p.error("--pairs, --steps and --nproc must be >= 1")
     return a
@@ -255,7 +259,8 @@ def main():
         runs = {"base": [], "new": []}
         for i in range(1, args.pairs + 1):
             for side in (("base", "new") if i % 2 else ("new", "base")):
-                r = run_once(side, tmp / side, f"bench_{side}_{i}", env, args)
+                own = dict(s.split("=", 1) for s in (args.set_base if side == "base" else args.set_new))
+                r = run_once(side, tmp / side, f"bench_{side}_{i}", dict(env, **own), args)
                 r.update(pair=i, order=len(runs["base"]) + len(runs["new"]) + 1)
                 runs[side].append(r)
                 sl = r["evals"].get("sliding", {})
@@ -282,7 +287,9 @@ def main():
               "process in its tree" + ("" if args.nproc == 1 else "; sum of ranks = per-rank VmHWM polled every 0.2 s"
                                        " (may miss growth in a rank's last 0.2 s)") + ".")
         print(f"command: {shlex.join(['python3', 'tests/bench_cpu.py'] + sys.argv[1:])}")
-        print(f"config ({args.config}): {' '.join(f'{k}={v}' for k, v in settings.items())}")
+        print(f"config ({args.config}): {' '.join(f'{k}={v}' for k, v in settings.items())}"
+              + "".join(f"; {side} only: {' '.join(sets)}" for side, sets in (("base", args.set_base),
+                                                                            ("new", args.set_new)) if sets))
         launch = "python3 train_gpt.py" if args.nproc == 1 else f"torch.distributed.run --nproc_per_node={args.nproc}"
         print(f"launch: {launch}, OMP_NUM_THREADS={threads} per process; torch {torch_v}; python {sys.version.split()[0]}; "
               f"CPU {cpu.group(1) if cpu else '?'} ({os.cpu_count()} logical cores); "

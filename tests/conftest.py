@@ -30,6 +30,18 @@ def sample_data(tmp_path_factory):
     return str(data_path), str(tokenizer)
 
 
+@pytest.fixture(scope="session")
+def caseops_data(tmp_path_factory):
+    """(DATA_PATH, TOKENIZER_PATH) of the sample corpus in CaseOps form (vocab 1024, with its byte sidecar): the
+    frontier recipe's kind of data."""
+    root = tmp_path_factory.mktemp("sample_caseops")
+    subprocess.run([sys.executable, str(ROOT / "data" / "build_dataset.py"), "--output-root", str(root), "--caseops"],
+                   check=True, capture_output=True, text=True)
+    (data_path,) = (root / "datasets").iterdir()
+    (tokenizer,) = (root / "tokenizers").glob("*.model")
+    return str(data_path), str(tokenizer)
+
+
 def trainer_env(sample_data, **overrides) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(TINY, DATA_PATH=sample_data[0], TOKENIZER_PATH=sample_data[1], OMP_NUM_THREADS="1")

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import final_figures, run_trainer, train_losses, trainer_env
+from conftest import final_figures, rounding_tolerance, run_trainer, train_losses, trainer_env
 from test_train_resume import interrupt_after, start
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: deselect with -m "not slow"
@@ -18,14 +18,15 @@ FRONTIER_TINY = dict(RECIPE="frontier", VOCAB_SIZE=1024, NUM_LAYERS=4, MODEL_DIM
                      QUANT_BITS_MLP=5, CPU_DTYPE="bf16", TTT_LORA_RANK=8, TTT_BATCH_SIZE=16)
 
 
-def frontier_env(sample_data, **kw):
-    return trainer_env(sample_data, **{**FRONTIER_TINY, **kw})
+def frontier_env(caseops_data, **kw):
+    """The tiny frontier settings on the CaseOps sample (the recipe's kind of data, CASEOPS_ENABLED=1)."""
+    return trainer_env(caseops_data, **{**FRONTIER_TINY, **kw})
 
 
 @pytest.fixture(scope="module")
-def frontier_two(sample_data, tmp_path_factory):
+def frontier_two(caseops_data, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("frontier")
-    res = run_trainer(cwd, frontier_env(sample_data, RUN_ID="f2"), nproc=2)
+    res = run_trainer(cwd, frontier_env(caseops_data, RUN_ID="f2"), nproc=2)
     assert res.returncode == 0, res.stderr[-3000:]
     return cwd, (cwd / "logs" / "f2.txt").read_text()
 
@@ -44,9 +45,9 @@ def test_two_process_frontier_run_trains_exports_and_scores(frontier_two):
                                                     r"COMPRESSOR=ans", log) and "counted:packed" in log
 
 
-def test_frontier_artifact_is_rescored_exactly(frontier_two, sample_data):
+def test_frontier_artifact_is_rescored_exactly(frontier_two, caseops_data):
     cwd, log = frontier_two
-    env = {k: v for k, v in frontier_env(sample_data, EVAL_ONLY=1, ARTIFACT_PATH=cwd / "logs" / "f2.ptz",
+    env = {k: v for k, v in frontier_env(caseops_data, EVAL_ONLY=1, ARTIFACT_PATH=cwd / "logs" / "f2.ptz",
                                          RUN_ID="f2e").items() if k not in FRONTIER_TINY}
     res = run_trainer(cwd, env)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -55,13 +56,13 @@ def test_frontier_artifact_is_rescored_exactly(frontier_two, sample_data):
         assert final_figures(rescored, key) == final_figures(log, key)
 
 
-def test_a_run_killed_before_looping_resumes_to_the_same_score(sample_data, tmp_path):
+def test_a_run_killed_before_looping_resumes_to_the_same_score(caseops_data, tmp_path):
     long = dict(ITERATIONS=16, CHECKPOINT_EVERY=4, VAL_LOSS_EVERY=0)
     (tmp_path / "ref").mkdir()
-    ref = run_trainer(tmp_path / "ref", frontier_env(sample_data, RUN_ID="ref", **long))
+    ref = run_trainer(tmp_path / "ref", frontier_env(caseops_data, RUN_ID="ref", **long))
     assert ref.returncode == 0, ref.stderr[-3000:]
     reference = (tmp_path / "ref" / "logs" / "ref.txt").read_text()
-    env = frontier_env(sample_data, RUN_ID="cut", **long)
+    env = frontier_env(caseops_data, RUN_ID="cut", **long)
     proc = start(tmp_path, env)
     interrupt_after(proc, tmp_path / "logs" / "cut.txt", "checkpoint: step 4 ", signal.SIGKILL)
     assert "looping:" not in (tmp_path / "logs" / "cut.txt").read_text()
@@ -73,24 +74,43 @@ def test_a_run_killed_before_looping_resumes_to_the_same_score(sample_data, tmp_
         assert final_figures(resumed, key) == final_figures(reference, key)
 
 
-def test_compiled_frontier_run_matches_eager_and_compiles_nothing_after_warmup(sample_data, tmp_path):
-    """In fp32: bf16 kernels fused by the compiler legitimately round differently from eager ones. The
-    matmul attention (CPU's bf16 default) is named so that its autograd.Function is compiled too."""
+# Compiled on CPU: every frontier switch in 2 layers (one looped), so that a cold compile of the few graphs (training
+# with and without the loop, one evaluation shape, Newton-Schulz for two matrix shapes) stays in minutes.
+COMPILE_TINY = dict(NUM_LAYERS=2, XSA_LAST_N=2, LOOP_START=0, LOOP_END=0, PARALLEL_START_LAYER=1, MLP_MULT=1,
+                    EVAL_STRIDE=128, VAL_LOSS_EVERY=0, CPU_DTYPE="fp32", EVAL_MODE="sliding")
+COLD_COMPILE_LIMIT = 900  # seconds: a cold compile took 175 s on a busy 2-core AMD EPYC; 5x that, rounded up
+
+
+def test_compiled_frontier_run_matches_eager_and_compiles_nothing_after_warmup(caseops_data, tmp_path):
+    """Compiled from an empty compiler cache (its own TORCHINDUCTOR_CACHE_DIR: every run is the cold case a new machine
+    meets), in fp32 (bf16 kernels fused by the compiler round differently from eager ones), with the matmul attention
+    named so that its autograd.Function is compiled too, and DOC_MASK on (the recipe's). No graph break, nothing
+    compiled after the warm-up; the short computations (evaluation before any step, first loss) agree to their print
+    precision, the scores to the rounding noise of the eager path itself (1 and 2 threads, SDPA's backward: 2e-4 seen
+    on AMD EPYC; floor 2e-3)."""
     logs = {}
-    for name, compiled in (("eager", 0), ("compiled", 1)):
-        res = run_trainer(tmp_path, frontier_env(sample_data, RUN_ID=name, COMPILE=compiled, CPU_DTYPE="fp32",
-                                                 ATTN_BACKEND="matmul",
-                                                 EVAL_MODE="sliding", TORCHINDUCTOR_COMPILE_THREADS=1))
+    for name, extra in (("compiled", dict(COMPILE=1, ATTN_BACKEND="matmul")), ("eager", dict(ATTN_BACKEND="matmul")),
+                        ("threads", dict(ATTN_BACKEND="matmul", OMP_NUM_THREADS=2)), ("sdpa", dict(ATTN_BACKEND="sdpa"))):
+        cache = tmp_path / f"inductor_{name}"
+        res = run_trainer(tmp_path, frontier_env(caseops_data, RUN_ID=name, **COMPILE_TINY, **extra,
+                                                 TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=cache / "triton",
+                                                 TORCHINDUCTOR_COMPILE_THREADS=1), timeout=COLD_COMPILE_LIMIT)
         assert res.returncode == 0, res.stderr[-3000:]
         logs[name] = (tmp_path / "logs" / f"{name}.txt").read_text()
     log = logs["compiled"]
-    assert "compile:1" in log and "compile: 0 graph break(s)" in log
+    assert "compile:1" in log and "compile: 0 graph break(s)" in log and "doc_mask:on" in log
     assert "looping: depth recurrence on from step 6" in log
     assert "compile: 0 graph(s) compiled during the training steps after the warm-up" in log
-    eager = dict(train_losses(logs["eager"]))
-    assert all(abs(eager[step] - loss) < 3e-3 for step, loss in train_losses(log))
-    assert abs(float(final_figures(log, "final_sliding_exact")[1])
-               - float(final_figures(logs["eager"], "final_sliding_exact")[1])) < 5e-3
+    assert re.search(r"^warmup: the evaluation's forward shapes compiled in", log, re.M)
+    assert all(abs(a - b) <= 2e-4 for a, b in zip(early_figures(log), early_figures(logs["eager"])))
+    references = [float(final_figures(logs[n], "final_sliding_exact")[1]) for n in ("eager", "threads", "sdpa")]
+    compiled = float(final_figures(log, "final_sliding_exact")[1])
+    assert abs(compiled - sum(references) / 3) <= rounding_tolerance(references, 2e-3), (compiled, references)
+
+
+def early_figures(log: str) -> list[float]:
+    """The first step's loss: one forward pass of the initial weights (no evaluation before training here)."""
+    return [train_losses(log)[0][1]]
 
 
 def test_the_packager_accepts_a_frontier_run(frontier_two, tmp_path):

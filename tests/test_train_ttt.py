@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import ROOT
+from conftest import ROOT, rounding_tolerance
 from test_train_model import tiny
 
 CPU = tg.Runtime(0, 1, torch.device("cpu"), None, None)
@@ -164,16 +164,21 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_one_and_two_processes_agree(sample_data, tmp_path):
+    """doc mode: the same losses (only the order of the float64 sums differs: 1e-12). ttt with phased global SGD: the
+    gradients are summed in another order (over 2 ranks), so the scores agree to the rounding noise of the computation
+    itself, measured here as the spread between 1 and 2 threads in one process (floor 1e-5: 4x the largest
+    difference seen, on AMD EPYC and Intel Xeon)."""
     script = tmp_path / "ttt2.py"
     script.write_text(TWO_PROCESSES)
     results = {}
-    for nproc in (1, 2):
+    for nproc, threads in ((1, 1), (2, 1), (1, 2)):
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                               str(script), *sample_data], capture_output=True, text=True, timeout=300,
-                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # the same kernels in both
+                             env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)})
         lines = [l.split() for l in out.stdout.splitlines() if l[:2] == "0 "]
         assert len(lines) == 2, out.stdout + out.stderr[-3000:]
-        results[nproc] = {(adapt, float(bpb)) for _, adapt, _, bpb in lines}
-    (doc1, ttt1), (doc2, ttt2) = (sorted(results[n]) for n in (1, 2))
-    assert doc1[1] == pytest.approx(doc2[1], rel=1e-12)  # doc mode: identical losses, only the sum order differs
-    assert ttt1[1] == pytest.approx(ttt2[1], rel=1e-6)  # phased SGD all-reduces gradients: float32 order
+        results[nproc, threads] = dict((adapt == "True", float(bpb)) for _, adapt, _, bpb in lines)
+    one, two, threads = results[1, 1], results[2, 1], results[1, 2]
+    assert one[False] == pytest.approx(two[False], rel=1e-12)
+    tolerance = rounding_tolerance([one[True], threads[True]], 1e-5)
+    assert abs(one[True] - two[True]) <= tolerance, (one[True], two[True], threads[True])
