@@ -1,10 +1,8 @@
 #!/usr/bin/env python3
-"""Parameter-golf trainer: a GQA transformer with SmearGate, BigramHash and U-Net skips, trained with Muon + AdamW +
-SWA, exported as an int5/int6 zstd-22 artifact, scored by sliding-window bits per byte on the FineWeb validation split.
-
-Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (or `python3 train_gpt.py`). Every setting is an
-environment variable (the upper-case name of a `Config` field). Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes.
-"""
+"""Parameter-golf trainer: a GQA transformer (recipes `classic` and `frontier`) trained with Muon + AdamW, exported as a
+quantised, compressed artifact and scored in bits per byte on the FineWeb validation split. Launch: `torchrun
+--standalone --nproc_per_node=8 train_gpt.py` (or `python3 train_gpt.py`). Every setting is an environment variable
+(the upper-case name of a `Config` field). Runs on CUDA (NCCL) or CPU (gloo), 1 or N processes."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -38,9 +36,9 @@ import torch.nn.functional as F
 import zstandard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-# ================================ configuration ================================
 
-SIZE_CAP_BYTES, INF = 16_000_000, math.inf
+# ================================ configuration ================================
+SIZE_CAP_BYTES = 16_000_000
 BOS_ID, EOS_ID = 1, 2  # challenge data format: every document starts with BOS (id 1); tokenizer eos is 2
 
 
@@ -52,9 +50,9 @@ def S(default, allowed: str):
 
 @dataclass
 class Config:
-    """Every setting. Environment variable = field name in upper case."""
+    """Every setting (env variable = field name in upper case), grouped: run and data, schedule and batch, evaluation,
+    model, the frontier's switches (named as in public records), optimisation, export, runtime, checkpoints."""
     recipe: str = S("classic", "classic|frontier")  # the table of defaults (RECIPES) the other settings start from
-    # run and data
     data_path: str = S("./data/datasets/fineweb10B_sp1024", "path")
     tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "path")
     run_id: str = S("", "name")  # "" -> generated
@@ -65,7 +63,6 @@ class Config:
     dry_run: bool = S(False, "0|1")
     eval_only: bool = S(False, "0|1")
     artifact_path: str = S("", "path")  # "" -> logs/<RUN_ID>.ptz
-    # schedule and batch
     iterations: int = S(20000, "[0, inf)")
     warmup_steps: int = S(20, "[0, 100000]")
     warmdown_iters: int = S(2000, "[0, inf)")
@@ -75,7 +72,6 @@ class Config:
     micro_batches: int = S(8, "[1, 65536]")
     val_loss_every: int = S(1000, "[0, inf)")
     train_log_every: int = S(200, "[0, inf)")
-    # evaluation
     eval_seq_len: int = S(0, "[0, 1048576]")  # 0 -> TRAIN_SEQ_LEN
     eval_stride: int = S(64, "[1, 1048576]")
     eval_batch_seqs: int = S(64, "[1, 1048576]")
@@ -101,7 +97,6 @@ class Config:
     global_ttt_momentum: float = S(0.9, "[0, 1)")
     global_ttt_chunk_tokens: int = S(32768, "[1, inf)")
     global_ttt_grad_clip: float = S(1.0, "(0, inf)")
-    # model
     vocab_size: int = S(1024, "[2, 65536]")
     num_layers: int = S(12, "[1, 1024]")
     model_dim: int = S(512, "[2, 1048576]")
@@ -117,7 +112,6 @@ class Config:
     smear_gate: bool = S(True, "0|1")
     unet_skips: bool = S(True, "0|1")
     doc_mask: bool = S(False, "0|1")  # training attention never crosses a BOS (document-masked, as the record)
-    # model: the frontier's ideas, each a switch (names as in the public records)
     xsa_last_n: int = S(0, "[0, 1024]")
     rope_dims: int = S(0, "[0, 1048576]")  # 0 = every head dim rotates
     ln_scale: bool = S(False, "0|1")
@@ -134,7 +128,6 @@ class Config:
     loop_start: int = S(0, "[0, 1024]")
     loop_end: int = S(0, "[0, 1024]")
     enable_looping_at: float = S(0.0, "[0, 1]")
-    # optimisation
     matrix_lr: float = S(0.025, "[0, 10]")
     scalar_lr: float = S(0.025, "[0, 10]")
     tied_embed_lr: float = S(0.035, "[0, 10]")
@@ -154,10 +147,9 @@ class Config:
     swa_every: int = S(50, "[0, inf)")
     swa_start_frac: float = S(0.4, "(0, 1]")
     ema_decay: float = S(0.0, "[0, 1)")  # 0 = off
-    warmdown_frac: float = S(0.0, "[0, 1]")  # > 0: warm-down over this fraction of the budget, instead of WARMDOWN_ITERS
+    warmdown_frac: float = S(0.0, "[0, 1]")  # > 0: warm-down over this fraction of the budget (not WARMDOWN_ITERS)
     min_lr: float = S(0.0, "[0, 1]")  # LR floor, as a fraction of the base LR
     qat_frac: float = S(0.0, "[0, 1]")
-    # export
     quant_bits_mlp: int = S(5, "[2, 8]")
     quant_bits_attn: int = S(6, "[2, 8]")
     quant_bits_bigram: int = S(6, "[2, 8]")
@@ -181,31 +173,29 @@ class Config:
     fit_to_cap: bool = S(False, "0|1")
     cap_margin_bytes: int = S(0, "[0, 15000000]")  # FIT_TO_CAP's target: the cap less this
     code_bytes: str = S("raw", "raw|packed")  # packed: ship the code with records/make_submission.py --pack-code
-    # runtime
     compile: str = S("auto", "auto|0|1")  # auto = on for CUDA
     attn_backend: str = S("auto", "auto|fa3|fa2|sdpa|matmul|flex")
     fused_kernels: str = S("auto", "auto|0|1")  # auto = on for CPU in bf16
     cpu_dtype: str = S("bf16", "bf16|fp32")
-    # checkpoints
     checkpoint_every: str = S("0", "N|Ns")  # 0 = off, N = every N steps, Ns = every N seconds
     checkpoint_path: str = S("", "path")  # "" -> checkpoints/<RUN_ID>.pt
     resume_from: str = S("", "path")
 
 
 # Fields that define the network: stored in the artifact so it can be rebuilt without env.
-MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
-                "rope_base", "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate",
-                "unet_skips", "train_seq_len", "xsa_last_n", "rope_dims", "ln_scale", "mlp_act", "mlp_leaky_slope",
-                "smear_gate_enabled", "gate_window", "sparse_attn_gate_enabled", "sparse_attn_gate_scale",
-                "skip_gates_enabled", "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end",
-                "doc_mask", "caseops_enabled")
+MODEL_FIELDS = ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_base",
+                "logit_softcap", "bigram_vocab_size", "bigram_dim", "smear_gate", "unet_skips", "train_seq_len",
+                "xsa_last_n", "rope_dims", "ln_scale", "mlp_act", "mlp_leaky_slope", "smear_gate_enabled",
+                "gate_window", "sparse_attn_gate_enabled", "sparse_attn_gate_scale", "skip_gates_enabled",
+                "parallel_start_layer", "parallel_final_lane", "num_loops", "loop_start", "loop_end", "doc_mask",
+                "caseops_enabled")
 # Fields that change the score of given weights: stored in the artifact, the defaults of EVAL_ONLY.
 SCORE_FIELDS = ("eval_seq_len", "eval_stride", "eval_batch_seqs", "val_max_tokens", "cpu_dtype", "compile",
-                "attn_backend", "fused_kernels", "eval_mode", "eval_budget_seconds", "ttt_chunk_size", "ttt_batch_size", "ttt_lora_rank",
-                "ttt_lora_alpha", "ttt_lora_lr", "ttt_beta1", "ttt_beta2", "ttt_weight_decay", "ttt_q_lora", "ttt_k_lora",
-                "ttt_v_lora", "ttt_o_lora", "ttt_mlp_lora", "ttt_head_lora", "phased_ttt_num_phases",
-                "phased_ttt_prefix_docs", "global_ttt_lr", "global_ttt_momentum", "global_ttt_chunk_tokens",
-                "global_ttt_grad_clip", "seed")
+                "attn_backend", "fused_kernels", "eval_mode", "eval_budget_seconds", "ttt_chunk_size", "ttt_batch_size",
+                "ttt_lora_rank", "ttt_lora_alpha", "ttt_lora_lr", "ttt_beta1", "ttt_beta2", "ttt_weight_decay",
+                "ttt_q_lora", "ttt_k_lora", "ttt_v_lora", "ttt_o_lora", "ttt_mlp_lora", "ttt_head_lora",
+                "phased_ttt_num_phases", "phased_ttt_prefix_docs", "global_ttt_lr", "global_ttt_momentum",
+                "global_ttt_chunk_tokens", "global_ttt_grad_clip", "seed")
 # Recipes: tables of defaults applied before the environment: `classic`, the design card's (the published 12-layer
 # int5-MLP one: the field defaults); `frontier`, the 1.0611 bpb record's (FRONTIER.md) as it ran, where implemented.
 RECIPES = {"classic": {}, "frontier": dict(
@@ -218,8 +208,8 @@ RECIPES = {"classic": {}, "frontier": dict(
         matrix_lr=0.026, scalar_lr=0.02, tied_embed_lr=0.03, muon_momentum=0.97, muon_ns="polar",
         muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085, beta2=0.99, swa_every=0,
         ema_decay=0.9965, warmdown_frac=0.85, min_lr=0.1, quant_bits_mlp=6, quant_bits_embed=7, quant_method="gptq",
-        quant_clip="sdclip", lqer_top_k=3, fit_to_cap=True, cap_margin_bytes=50_000, compressor="ans", code_bytes="packed",
-        eval_mode="ttt", phased_ttt_num_phases=3)}
+        quant_clip="sdclip", lqer_top_k=3, fit_to_cap=True, cap_margin_bytes=50_000, compressor="ans",
+        code_bytes="packed", eval_mode="ttt", phased_ttt_num_phases=3)}
 # Names other public scripts use, with what this one reads instead (warned about, never silently ignored).
 FOREIGN_NAMES = {"WEIGHT_DECAY": "use MUON_WD, ADAM_WD and EMBED_WD", "SWA_ENABLED": "use SWA_EVERY (0 = off)",
                  "TIE_EMBEDDINGS": "the embedding is always tied", "EMBED_LR": "use TIED_EMBED_LR",
@@ -351,9 +341,13 @@ def validate_config(cfg: Config, world_size: int) -> None:
     if cfg.parallel_start_layer and (not cfg.num_loops or cfg.loop_start <= cfg.loop_end < cfg.num_layers):
         encoder = layer_order(cfg, looping=True)[0]
         need(cfg.parallel_start_layer < cfg.num_layers and all(i < cfg.parallel_start_layer for i in encoder),
-             f"PARALLEL_START_LAYER={cfg.parallel_start_layer} must be below NUM_LAYERS={cfg.num_layers} and past every "
-             f"U-Net encoder block ({sorted(set(encoder))}): parallel lanes run in the decoder only")
-    need(codec_problem(cfg.compressor) is None, codec_problem(cfg.compressor))
+             f"PARALLEL_START_LAYER={cfg.parallel_start_layer} must be below NUM_LAYERS={cfg.num_layers} and past "
+             f"every U-Net encoder block ({sorted(set(encoder))}): parallel lanes run in the decoder only")
+    try:
+        codec(cfg.compressor)
+    except ImportError as e:  # its optional package is missing
+        p.append(f"COMPRESSOR={cfg.compressor} needs the {e.name} package: pip install {e.name} "
+                 "(or use COMPRESSOR=zstd)")
     need(cfg.gptq_reserve_seconds < cfg.max_wallclock_seconds or not cfg.max_wallclock_seconds,
          f"GPTQ_RESERVE_SECONDS={cfg.gptq_reserve_seconds} leaves no training time under MAX_WALLCLOCK_SECONDS="
          f"{cfg.max_wallclock_seconds}")
@@ -384,9 +378,8 @@ def non_default_settings(cfg: Config) -> dict:
     base = recipe_defaults(cfg.recipe)
     return {k.upper(): v for k, v in asdict(cfg).items() if v != getattr(base, k)}
 
+
 # ============================ distributed setup & log ============================
-
-
 @dataclass
 class Runtime:
     rank: int
@@ -412,6 +405,31 @@ class Runtime:
         self.sync()
         return time.perf_counter()
 
+    def max_over_ranks(self, values: list[float]) -> list[float]:
+        """Element-wise max over ranks of a few host floats (no device sync)."""
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
+        return t.tolist()
+
+    def agree(self, error: str | None) -> None:
+        """Fail on every rank if any rank failed, so none is left waiting in a collective."""
+        if self.max_over_ranks([float(error is not None)])[0] or error:  # the collective runs on every rank, always
+            raise ConfigError(error or "another process failed; see its message")
+
+    def peak_flops(self) -> float:
+        """Per-device peak: 989 TFLOP/s bf16 dense for H100/H200, else a measured matmul rate."""
+        if self.device.type == "cuda" and any(k in device_name(self.device) for k in ("H100", "H200")):
+            return 989e12
+        n, dtype = 1024, self.autocast_dtype or torch.float32
+        a = torch.randn(n, n, device=self.device, dtype=dtype)
+        a @ a
+        t0 = self.clock()
+        for _ in range(4):
+            a @ a
+        return 4 * 2 * n ** 3 / (self.clock() - t0)
+
 
 def init_runtime(cfg: Config) -> Runtime:
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -422,8 +440,8 @@ def init_runtime(cfg: Config) -> Runtime:
         autocast_dtype = torch.bfloat16
     else:
         device = torch.device("cpu")
-        if sys.platform == "linux":  # glibc returns big freed buffers to the OS, so every step's activations would
-            libc = ctypes.CDLL(None)  # come back as fresh page-faulting memory: keep them (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+        if sys.platform == "linux":  # glibc returns big freed buffers to the OS, so every step's activations would be
+            libc = ctypes.CDLL(None)  # fresh page-faulting memory: keep them (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
             libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 1 << 30)
         autocast_dtype = torch.bfloat16 if cfg.cpu_dtype == "bf16" else None
     if world_size > 1:
@@ -432,13 +450,13 @@ def init_runtime(cfg: Config) -> Runtime:
     return Runtime(rank, world_size, device, host_group, autocast_dtype)
 
 
-def all_ranks_max(rt: Runtime, values: list[float]) -> list[float]:
-    """Element-wise max over ranks of a few host floats (no device sync)."""
-    if rt.world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=rt.host_group)
-    return t.tolist()
+def merge_over_ranks(rt: Runtime | None, part: dict) -> dict:
+    """The union of every rank's `part` (a dict of host objects), on every rank."""
+    if rt is None or rt.world_size == 1:
+        return part
+    shares = [None] * rt.world_size
+    dist.all_gather_object(shares, part, group=rt.host_group)
+    return {k: v for share in shares for k, v in share.items()}
 
 
 class RunLog:
@@ -455,13 +473,6 @@ class RunLog:
             self.file.flush()
 
 
-def package_version(module: str) -> str | None:
-    try:
-        return getattr(__import__(module), "__version__", "unknown")
-    except ImportError:
-        return None
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -471,12 +482,13 @@ def device_name(device: torch.device) -> str:
     except (OSError, StopIteration):
         return platform.processor() or "CPU"
 
+
 # ==================================== data ====================================
-
-
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 1024
 FETCH_HINT = ("download it with `python3 data/cached_challenge_fineweb.py --variant sp1024 --train-shards 10`, "
               "or build the offline sample with `python3 data/build_dataset.py`")
+CASE_OPS = "\ue001\ue002\ue003\ue004"  # CaseOps' operators: TITLE, ALLCAPS, CAPNEXT, ESC (CASEOPS_ENABLED)
+CASE_OPS_RE = re.compile("\ue004(.)|\ue002([a-z]+)|[\ue001\ue003]([a-z])|[\ue001-\ue004]", re.S)
 
 
 class DataError(Exception):
@@ -498,7 +510,8 @@ def open_shard(path: Path, vocab_size: int | None = None) -> np.ndarray:
     except OSError as e:
         raise DataError(f"{path}: cannot read shard ({e.strerror})") from None
     if size < SHARD_HEADER_BYTES:
-        raise DataError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header (truncated or not a shard)")
+        raise DataError(f"{path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header "
+                        "(truncated or not a shard)")
     if (header := np.fromfile(path, dtype="<i4", count=3))[0] != SHARD_MAGIC:
         raise DataError(f"{path}: magic {header[0]} is not {SHARD_MAGIC}: not a challenge shard")
     if header[1] != SHARD_VERSION:
@@ -523,8 +536,7 @@ def find_shards(data_path: str, split: str) -> list[Path]:
 
 
 class TokenStream:
-    """Training tokens in shard order, wrapping around; its position is (file index, offset). Token ids
-    are checked on each span taken, so a bad shard is named the moment it is reached."""
+    """Training tokens in shard order, wrapping around, at (file index, offset); ids checked per span taken."""
 
     def __init__(self, files: list[Path], vocab_size: int):
         self.files, self.vocab_size = files, vocab_size
@@ -550,8 +562,7 @@ class TokenStream:
 
 
 class TrainLoader:
-    """Each micro-step every rank takes its own contiguous span of one shared chunk, so the tokens of a
-    step do not depend on the number of processes (only on MICRO_BATCHES and TRAIN_BATCH_TOKENS)."""
+    """Each micro-step, every rank's own contiguous span of one shared chunk: a step's tokens fit any world size."""
 
     def __init__(self, files: list[Path], cfg: Config, rt: Runtime):
         self.stream = TokenStream(files, cfg.vocab_size)
@@ -565,8 +576,7 @@ class TrainLoader:
 
 
 def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
-    """The SentencePiece model at TOKENIZER_PATH, refused unless it fits the challenge's data format:
-    VOCAB_SIZE pieces, BOS 1 / EOS 2, and byte fallback (every byte representable, so bpb is defined)."""
+    """TOKENIZER_PATH's model, refused unless VOCAB_SIZE pieces, BOS 1 / EOS 2 and byte fallback (so bpb is defined)."""
     if (path := Path(cfg.tokenizer_path)).is_dir():
         raise DataError(f"TOKENIZER_PATH={path} is a folder: point it at the tokenizer's .model file")
     if not path.is_file():
@@ -588,8 +598,7 @@ def load_tokenizer(cfg: Config) -> spm.SentencePieceProcessor:
 
 
 def check_tokenizer_record(cfg: Config) -> str | None:
-    """Compare TOKENIZER_PATH with the sha256 recorded next to the shards when they were built or
-    downloaded (DATA_PATH/tokenizer.sha256, or the builder's manifest.json); the record's name if any."""
+    """The record of the shards' tokenizer (tokenizer.sha256 or manifest.json) that TOKENIZER_PATH matches, or None."""
     folder, sha256 = Path(cfg.data_path), (str, lambda v: re.fullmatch(r"[0-9a-f]{64}", v))
     if (record := folder / "tokenizer.sha256").is_file():
         if not (m := re.fullmatch(r"([0-9a-f]{64})  ([^/\n]+)\n?", record.read_text(errors="replace"))):
@@ -616,20 +625,8 @@ def check_tokenizer_record(cfg: Config) -> str | None:
     return str(record)
 
 
-CASE_OPS = "\ue001\ue002\ue003\ue004"  # CaseOps' operators: TITLE, ALLCAPS, CAPNEXT, ESC (CASEOPS_ENABLED)
-CASE_OPS_RE = re.compile("\ue004(.)|\ue002([a-z]+)|[\ue001\ue003]([a-z])|[\ue001-\ue004]", re.S)
-
-
-def caseops_decode(text: str) -> str:
-    """The original of CaseOps-transformed text: TITLE / CAPNEXT capitalise the ASCII letter after them, ALLCAPS the run
-    of ASCII letters after it, ESC makes the next character literal. An operator with nothing to act on (the tokenizer's
-    normalisation can make one: TITLE + "E" + U+0301 becomes TITLE + "é") stands for nothing, as in the byte sidecar."""
-    return CASE_OPS_RE.sub(lambda m: m[1] or (m[2] or m[3] or "").upper(), text)
-
-
 def byte_sidecars(cfg: Config, sp: spm.SentencePieceProcessor, val_files: list[Path]) -> list[Path]:
-    """CASEOPS_ENABLED's per-token byte counts of the original text, one fineweb_val_bytes_N.bin per val shard (none
-    for plain data); refused unless the switch, the tokenizer's reserved operators and the sidecars agree."""
+    """Per val shard, CaseOps' byte sidecar (original-text bytes per token); refused unless switch and data agree."""
     files, path = sorted(Path(cfg.data_path).glob("fineweb_val_bytes_[0-9]*.bin")), cfg.data_path
     reserved = all(sp.piece_to_id(op) != sp.unk_id() for op in CASE_OPS)
     if cfg.caseops_enabled and not (reserved and files):
@@ -648,8 +645,7 @@ def byte_sidecars(cfg: Config, sp: spm.SentencePieceProcessor, val_files: list[P
 
 
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per token id: UTF-8 bytes of its piece without a leading '▁', whether it has that '▁', and
-    whether it is a control/unknown/unused token (0 bytes, and no space byte for the token after it)."""
+    """Per token id: its piece's UTF-8 bytes less a leading '▁', whether it has one, if it is control/unknown/unused."""
     base, space = np.zeros(vocab_size, dtype=np.int32), np.zeros(vocab_size, dtype=bool)
     boundary = np.ones(vocab_size, dtype=bool)
     for i in range(sp.vocab_size()):
@@ -673,9 +669,12 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
 
 def audit_tokenizer(tokens: np.ndarray, sp: spm.SentencePieceProcessor, tables, cfg: Config,
                     max_docs: int = 256, sidecar: np.ndarray | None = None) -> int:
-    """Decode the first whole validation documents: re-encoding them must give back the same ids (the tokenizer is the
-    one the data was made with; at most 5% may differ, for text it normalises) and the byte table (CaseOps: the byte
-    sidecar) their UTF-8 length (CaseOps: of the original text, inverse-transformed)."""
+    """The count of the first whole validation documents, which must re-encode to their ids (at most 5% may differ, for
+    text the tokenizer normalises) and have the byte table's (CaseOps: sidecar's, of the original text) UTF-8 length."""
+    def caseops_decode(text: str) -> str:
+        """The original of CaseOps text: TITLE / CAPNEXT capitalise the next ASCII letter, ALLCAPS the next run of them,
+        ESC makes the next character literal; one with nothing to act on (from normalisation) stands for nothing."""
+        return CASE_OPS_RE.sub(lambda m: m[1] or (m[2] or m[3] or "").upper(), text)
     if len(starts := np.flatnonzero(tokens == BOS_ID)[:max_docs + 1]) < 2:
         raise DataError("BPB audit: the validation tokens hold no whole BOS-delimited document; "
                         "set BPB_AUDIT=0 to skip the check (the score is then unaudited)")
@@ -726,12 +725,14 @@ def load_validation(cfg: Config, files: list[Path], tables, eval_len: int, devic
     return ValData(torch.from_numpy(tokens.astype(np.int32)).to(device),
                    torch.from_numpy(per_target.astype(np.int32)).to(device), num_targets, full), sidecar
 
+
 # ==================================== model ====================================
+HEAD_ROWS = 256  # logit rows per block of HeadLoss (module constants, not class attributes: torch.compile reads them)
+ATTENTION_BLOCK_SCORES = 1 << 21  # score elements per block of MatmulAttention's backward
 
 
 class QATLinear(nn.Linear):
-    """Bias-free linear with fp32 master weights; `qat` = (bits, clip, sigmas) turns on straight-through
-    fake quantisation at the export's settings (delayed QAT) while training."""
+    """Bias-free linear, fp32 weights; `qat` = (bits, clip, sigmas): straight-through fake quantisation in training."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
@@ -746,8 +747,7 @@ class QATLinear(nn.Linear):
 
 
 def add_lora(y: torch.Tensor, x: torch.Tensor, lora) -> torch.Tensor:
-    """y + test-time training's per-document low-rank update (x A^T) B^T * scale, one adapter per batch row
-    (A: rows x rank x in, B: rows x out x rank); y itself without one (no pass over it)."""
+    """y + TTT's per-row low-rank update (x A^T) B^T * scale (A: rows x rank x in, B: rows x out x rank), or y."""
     return y if lora is None else y + torch.bmm(torch.bmm(x, lora[0].mT.to(x.dtype)), lora[1].mT.to(x.dtype)) * lora[2]
 
 
@@ -757,20 +757,21 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 def rotary_tables(seq_len: int, head_dim: int, rope_dims: int, base: float, train_seq_len: int, device,
                   heads: int = 1) -> tuple:
-    """(C, S), each (1, seq_len, heads, head_dim) in fp32, such that x * C + swap_halves(x) * S rotates the first
-    `rope_dims` dims of each head in pairs (i, i + rope_dims/2) and passes the rest (C = 1, S = 0: partial RoPE);
-    NTK-aware base scaling beyond the training length."""
+    """(C, S), each (1, seq_len, heads, head_dim) fp32: x * C + swap_halves(x) * S rotates each head's first `rope_dims`
+    dims in pairs (i, i + rope_dims/2), the rest pass (partial RoPE); NTK-aware base scaling beyond train_seq_len."""
     if seq_len > train_seq_len:
         base = base * (seq_len / train_seq_len) ** (rope_dims / (rope_dims - 2))
     inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
     cos, sin, rest = angles.cos(), angles.sin(), head_dim - rope_dims
-    tables = (torch.cat((cos, cos, angles.new_ones(seq_len, rest)), 1), torch.cat((-sin, sin, angles.new_zeros(seq_len, rest)), 1))
+    tables = (torch.cat((cos, cos, angles.new_ones(seq_len, rest)), 1),
+              torch.cat((-sin, sin, angles.new_zeros(seq_len, rest)), 1))
     return tuple(t[None, :, None].expand(1, seq_len, heads, head_dim) for t in tables)
 
 
 def swap_halves(x: torch.Tensor, half: int) -> torch.Tensor:
-    return torch.roll(x, half, -1) if 2 * half == x.size(-1) else torch.cat((x[..., half:2 * half], x[..., :half], x[..., 2 * half:]), -1)
+    return torch.roll(x, half, -1) if 2 * half == x.size(-1) else torch.cat((x[..., half:2 * half], x[..., :half],
+                                                                             x[..., 2 * half:]), -1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
@@ -785,29 +786,22 @@ def norm_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int
 
 
 def squared_act(h: torch.Tensor, slope) -> torch.Tensor:
-    """relu(h)^2, or leaky_relu(h, slope)^2."""
     return (F.relu(h) if slope is None else F.leaky_relu(h, slope)).square()
 
 
 def suffix(x: torch.Tensor, first: int) -> torch.Tensor:
-    """Positions first.. of a (B, T, ...) tensor; no slice at all for 0, which keeps the autograd graph
-    (and so fp32 results, bit for bit) the same as a model without suffix evaluation."""
+    """Positions first.. of a (B, T, ...) tensor; for 0 no slice at all (the autograd graph, so fp32 results, stay)."""
     return x[:, first:] if first else x
-
-
-def softcap(z: torch.Tensor, cap: float) -> torch.Tensor:
-    return cap * torch.tanh(z / cap) if cap else z
 
 
 def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, lora=None) -> torch.Tensor:
     """Per-token NLL of `targets` under the softcapped logits x W^T (+ the TTT adapter): cross-entropy in fp32."""
-    logits = softcap(add_lora(F.linear(x, weight), x, lora), cap)  # compute dtype
+    logits = add_lora(F.linear(x, weight), x, lora)  # compute dtype
+    logits = cap * torch.tanh(logits / cap) if cap else logits
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
 
-# FUSED_KERNELS: rms_norm, norm_rotary, squared_act and head_loss with hand-written backwards and fewer passes over
-# memory (on CPU, where nothing fuses elementwise work, such passes take most of a step's time).
 
-
+# FUSED_KERNELS: hand-written backwards, fewer passes over memory (most of a CPU step: nothing fuses elementwise work)
 class RMSNorm(torch.autograd.Function):
     """rms_norm(x) (same eps: that of fp32 for bf16) as x times a per-row scale, which is kept in x's dtype."""
 
@@ -835,8 +829,7 @@ class RMSNorm(torch.autograd.Function):
 
 
 class NormRotary(torch.autograd.Function):
-    """norm_rotary with RMSNorm's passes and the gain in the tables: y * cos' + swap(y) * sin' (one multiply-add);
-    the backward rotates back by minus the angles."""
+    """norm_rotary with RMSNorm's passes, the gain in the tables (one multiply-add); the backward rotates back."""
 
     @staticmethod
     def forward(ctx, x, cos, sin, half, gain):
@@ -854,7 +847,8 @@ class NormRotary(torch.autograd.Function):
         if gain is None:
             return RMSNorm.grad(u, y, scale), None, None, None, None
         c = torch.linalg.vecdot(u, y)  # dL/dgain per row; rms_norm's input gradient is that of gain * u
-        return RMSNorm.grad(u, y, scale * gain[:, None].to(y.dtype), c), None, None, None, c.sum((0, 1), dtype=gain.dtype)
+        dx = RMSNorm.grad(u, y, scale * gain[:, None].to(y.dtype), c)
+        return dx, None, None, None, c.sum((0, 1), dtype=gain.dtype)
 
 
 class SquaredAct(torch.autograd.Function):
@@ -873,13 +867,9 @@ class SquaredAct(torch.autograd.Function):
         return torch.mul(g, a if ctx.slope is None else F.leaky_relu(a, ctx.slope)).mul_(2), None
 
 
-HEAD_ROWS = 256  # rows of logits per block (module constants, not class attributes: torch.compile reads them)
-
-
 class HeadLoss(torch.autograd.Function):
-    """head_loss without an adapter, its fp32 work on the logits in blocks of HEAD_ROWS rows that stay in cache and
-    the softcap as 2 cap sigmoid(2 z / cap) (= cap tanh(z / cap) + cap: the constant cancels in the softmax, and
-    sigmoid is much faster than tanh on CPU); the backward starts from the kept sigmoids."""
+    """head_loss without an adapter: fp32 work on the logits in cache-sized blocks of HEAD_ROWS rows, the softcap as 2
+    cap sigmoid(2 z / cap) (= cap tanh(z / cap) + cap: the constant cancels in the softmax; sigmoid is much faster)."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, cap):
@@ -932,26 +922,20 @@ def _sdpa(q, k, v, mask=None):
     return y.transpose(1, 2)
 
 
-ATTENTION_BLOCK_SCORES = 1 << 21  # score elements per block of MatmulAttention's backward
-
-
 class MatmulAttention(torch.autograd.Function):
-    """Causal GQA attention like `_sdpa`, whose forward it uses (fast on CPU), with a backward of batched matmuls around
-    the softmax (SDPA's CPU backward is slow in bf16) that recomputes the probabilities rather than keeping a T x T
-    matrix: per block of queries (sized so that its scores stay in cache), against only the keys they see (about half
-    the T x T work for many blocks), with the query heads of a kv head stacked along time (no k/v repeat)."""
+    """`_sdpa` (fast on CPU) with a backward of batched matmuls (SDPA's is slow in bf16) that recomputes the
+    probabilities per cache-sized block of queries against only the keys they see (no T x T matrix kept)."""
 
     @staticmethod
     def blocks(qh, kh, tq, mask):
         """(query slice, its queries with heads stacked along time, the keys they see, probabilities) per block."""
-        rows, (bkv, hpk), D = max(1, ATTENTION_BLOCK_SCORES // (qh.size(0) * qh.size(1) * kh.size(1))), qh.shape[:2], qh.size(3)
+        (bkv, hpk, _, D), keys = qh.shape, kh.size(1)
+        rows = max(1, ATTENTION_BLOCK_SCORES // (bkv * hpk * keys))
         for a in range(0, tq, rows):
             b = min(a + rows, tq)
-            qb, kb = qh[:, :, a:b].reshape(bkv, -1, D), kh[:, :kh.size(1) - tq + b]
-            if mask is None:
-                seen = torch.ones(b - a, kb.size(1), dtype=torch.bool, device=qh.device).tril_(kb.size(1) - b + a)
-            else:  # per sequence: (B, rows, keys) -> one per kv head of each sequence
-                seen = mask[:, a:b, :kb.size(1)].repeat_interleave(bkv // mask.size(0), 0)
+            qb, kb = qh[:, :, a:b].reshape(bkv, -1, D), kh[:, :keys - tq + b]
+            seen = (torch.ones(b - a, kb.size(1), dtype=torch.bool, device=qh.device).tril_(kb.size(1) - b + a)
+                    if mask is None else mask[:, a:b, :kb.size(1)].repeat_interleave(bkv // mask.size(0), 0))
             bias = qh.new_zeros(seen.shape).masked_fill_(~seen, -math.inf).repeat(*[1] * (seen.dim() - 2), hpk, 1)
             yield slice(a, b), qb, kb, torch.softmax(torch.baddbmm(bias, qb, kb.transpose(1, 2), alpha=D ** -0.5), -1)
 
@@ -1012,9 +996,7 @@ def varlen_mask(docs, tq: int, tk: int):
 
 
 class Kernels(NamedTuple):
-    """The model's hot functions: causal attention(q, k, v, mask) over (B, T, heads, head_dim) with its mask builder
-    (DOC_MASK), rms_norm, norm_rotary, squared_act and head_loss: the reference ones (autograd through PyTorch's ops)
-    or FUSED_KERNELS' (same maths)."""
+    """The model's hot functions (causal attention, its DOC_MASK builder, ...): reference or FUSED_KERNELS'."""
     attention: Callable
     mask: Callable = segment_mask
     rms_norm: Callable = rms_norm
@@ -1024,10 +1006,8 @@ class Kernels(NamedTuple):
 
 
 def select_attention(requested: str, device: torch.device, bf16: bool = True, docs: bool = False):
-    """(name, fn, mask builder): fn(q, k, v, mask) -> causal attention over (B, T, heads, head_dim) tensors, with
-    mask = builder(segment ids or None, tq, tk). auto on CUDA: FlashAttention 3, else 2, else SDPA; with DOC_MASK,
-    FlexAttention (fa3/fa2 on request: their variable-length kernels). On CPU: matmul in bf16, SDPA in fp32. An
-    absent package never fails the import."""
+    """(name, fn, mask builder): fn(q, k, v, builder(segment ids or None, tq, tk)), causal over (B, T, heads, head_dim).
+    auto: CUDA FA3, FA2, SDPA (DOC_MASK: flex), CPU matmul (bf16) or SDPA; absent packages are skipped."""
     auto = (["flex"] if docs else ["fa3", "fa2", "sdpa"]) if device.type == "cuda" else ["matmul" if bf16 else "sdpa"]
     for name in auto if requested == "auto" else [requested]:
         if name in ("sdpa", "matmul"):
@@ -1060,9 +1040,8 @@ def flash_varlen(module, q, k, v, mask):
 
 
 class CausalSelfAttention(nn.Module):
-    """GQA attention with (partial) RoPE, RMS-normed q/k and a learned per-head query gain; optionally
-    XSA (each head's output loses its component along its own token's value) and a sparse output gate
-    per head, sigmoid(scale * W_h . x[:GATE_WINDOW]), W zero-initialised (0.5 at init)."""
+    """GQA attention, (partial) RoPE, RMS-normed q/k, a learned per-head query gain; optional XSA (each head's output
+    loses its component along its token's value) and per-head output gate sigmoid(scale W_h . x[:GATE_WINDOW])."""
 
     def __init__(self, cfg: Config, kernels: Kernels, layer: int):
         super().__init__()
@@ -1080,20 +1059,19 @@ class CausalSelfAttention(nn.Module):
         (B, T, _), kn, (cos, sin, masks), kv, xq = x.shape, self.kernels, rotary, self.num_kv_heads, suffix(x, first)
         q = kn.norm_rotary(self.q(xq).view(B, T - first, self.num_heads, self.head_dim), suffix(cos, first),
                            suffix(sin, first), self.rope_half, self.q_gain)
-        k = kn.norm_rotary(self.k(x).view(B, T, kv, self.head_dim), cos[:, :, :kv], sin[:, :, :kv], self.rope_half, None)
+        k = kn.norm_rotary(self.k(x).view(B, T, kv, -1), cos[:, :, :kv], sin[:, :, :kv], self.rope_half, None)
         v = self.v(x).view(B, T, kv, self.head_dim)
         y = kn.attention(q.to(v.dtype), k.to(v.dtype), v, masks[bool(first)])
         if self.xsa:  # query head h reads kv head h // (heads per kv head), as GQA attention does
             v_hat = F.normalize(suffix(v, first), dim=-1).repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
             y = y - (y * v_hat).sum(-1, keepdim=True) * v_hat
         if self.gate is not None:
-            y = y * torch.sigmoid(self.gate_scale * F.linear(xq[..., :self.gate.size(1)], self.gate.to(xq.dtype)))[..., None]
+            gate = torch.sigmoid(self.gate_scale * F.linear(xq[..., :self.gate.size(1)], self.gate.to(xq.dtype)))
+            y = y * gate[..., None]
         return self.proj(y.reshape(B, T - first, -1))
 
 
 class MLP(nn.Module):
-    """relu^2, or leaky_relu(slope)^2."""
-
     def __init__(self, cfg: Config, kernels: Kernels):
         super().__init__()
         hidden, self.act = int(cfg.mlp_mult * cfg.model_dim), kernels.squared_act
@@ -1105,8 +1083,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block with learned attention/MLP output scales and a learned mix of the residual
-    stream with the block-0 input x0; LN_SCALE multiplies the normed inputs by 1/sqrt(layer + 1)."""
+    """Pre-norm block: learned output scales, learned mix of the stream with x0; LN_SCALE: norms x 1/sqrt(layer + 1)."""
 
     def __init__(self, cfg: Config, kernels: Kernels, layer: int):
         super().__init__()
@@ -1139,8 +1116,7 @@ class Block(nn.Module):
 
 
 def previous_token(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The token before each position and whether it may be used: never at position 0, at a BOS
-    (the previous token belongs to another document) or right after a BOS (no real previous token)."""
+    """The token before each position and whether it may be used: not at position 0, at a BOS or right after one."""
     prev = F.pad(idx[:, :-1], (1, 0), value=BOS_ID)
     return prev, (idx != BOS_ID) & (prev != BOS_ID)
 
@@ -1189,8 +1165,7 @@ def layer_order(cfg: Config, looping: bool) -> tuple[list, list]:
 
 
 class GPT(nn.Module):
-    """Tied-embedding GPT. `forward(idx, targets)` returns per-token NLL (nats): the training loss is
-    its mean and evaluation sums it, so both share one body. `looping` turns depth recurrence on."""
+    """Tied-embedding GPT; forward(idx, targets): per-token NLL (nats), meaned to train; `looping`: recurrence on."""
 
     def __init__(self, cfg: Config, kernels: Kernels | None = None):
         super().__init__()
@@ -1208,14 +1183,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, kernels, i) for i in range(cfg.num_layers))
         self.num_skips = num_skips = min(map(len, layer_order(cfg, looping=True)))
         self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim)) if num_skips else None
-        self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim)) if num_skips and cfg.skip_gates_enabled else None
+        self.skip_gates = (nn.Parameter(torch.zeros(num_skips, cfg.model_dim))
+                           if num_skips and cfg.skip_gates_enabled else None)
         self.parallel_start = cfg.parallel_start_layer or cfg.num_layers
         if cfg.parallel_start_layer:
             self.parallel_post = nn.Parameter(torch.ones(cfg.num_layers, 2, 2))
             self.parallel_resid = nn.Parameter(torch.full((cfg.num_layers, 2), 1.1))
-        self._init_weights(cfg)
-
-    def _init_weights(self, cfg: Config) -> None:
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
         for name, m in self.named_modules():
             if isinstance(m, QATLinear):
@@ -1260,7 +1233,8 @@ class GPT(nn.Module):
             if i < self.parallel_start:
                 x = self.blocks[i](x, x0, rotary, f)
             else:
-                lanes = self.blocks[i].parallel(lanes or (x, x), x0, rotary, self.parallel_resid[i], self.parallel_post[i], f)
+                lanes = self.blocks[i].parallel(lanes or (x, x), x0, rotary, self.parallel_resid[i],
+                                                self.parallel_post[i], f)
         if lanes is not None:
             x = {"mean": (lanes[0] + lanes[1]) / 2, "attn": lanes[0], "mlp": lanes[1]}[self.cfg.parallel_final_lane]
         targets, x = targets[:, first:], self.kernels.rms_norm(x)
@@ -1280,21 +1254,7 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
     return 6.0 * matmul + 6.0 * len(runs) * seq_len * model.tok_emb.weight.size(1)
 
 
-def peak_flops(rt: Runtime) -> float:
-    """Per-device peak: 989 TFLOP/s bf16 dense for H100/H200, else a measured matmul rate."""
-    if rt.device.type == "cuda" and any(k in device_name(rt.device) for k in ("H100", "H200")):
-        return 989e12
-    n, dtype = 1024, rt.autocast_dtype or torch.float32
-    a = torch.randn(n, n, device=rt.device, dtype=dtype)
-    a @ a
-    t0 = rt.clock()
-    for _ in range(4):
-        a @ a
-    return 4 * 2 * n ** 3 / (rt.clock() - t0)
-
 # ================================== optimizer ==================================
-
-
 NS_STANDARD = ((3.4445, -4.7750, 2.0315),)  # one quintic, repeated
 NS_POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  # one per iteration
                     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -1317,15 +1277,14 @@ def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple = NS_STANDARD
 
 
 class Muon(torch.optim.Optimizer):
-    """Orthogonalised Nesterov momentum with decoupled weight decay. Every rank keeps all momentum buffers (cheap;
-    checkpoints stay rank-independent). One rank orthogonalises each matrix (shares balanced by size, largest first; its
-    same-shape ones batched) into its slot of a persistent buffer; one all-gather, each rank sending only what it
-    computed, gives every rank every update. `row_normalize` (MuonEq-R): Nesterov update rows to unit norm first."""
+    """Orthogonalised Nesterov momentum, decoupled weight decay; all ranks keep all momentum (rank-independent
+    checkpoints), each orthogonalises a size-balanced share that one all-gather shares. row_normalize: MuonEq-R."""
 
     def __init__(self, params, lr: float, momentum: float, steps: int, weight_decay: float, rt: Runtime,
                  orthogonalise=newton_schulz, coefficients: tuple = NS_STANDARD, row_normalize: bool = False):
         super().__init__(params, dict(lr=lr, base_lr=lr, momentum=momentum, steps=steps, weight_decay=weight_decay))
-        self.rt, self.orthogonalise, self.coefficients, self.row_normalize = rt, orthogonalise, coefficients, row_normalize
+        self.rt, self.orthogonalise = rt, orthogonalise
+        self.coefficients, self.row_normalize = coefficients, row_normalize
         params = self.param_groups[0]["params"]
         loads, self.slots = [0] * rt.world_size, [None] * len(params)
         for i in sorted(range(len(params)), key=lambda i: -params[i].numel()):
@@ -1342,8 +1301,7 @@ class Muon(torch.optim.Optimizer):
                 self.batches.setdefault(tuple(params[i].shape), []).append(i)
 
     def bytes_per_step(self) -> int:
-        """Bytes each rank sends in the update all-gather."""
-        return 2 * self.shard if self.rt.world_size > 1 else 0
+        return 2 * self.shard if self.rt.world_size > 1 else 0  # what each rank sends in the update all-gather
 
     @torch.no_grad()
     def step(self):
@@ -1380,13 +1338,15 @@ def build_optimizers(model: GPT, cfg: Config, rt: Runtime) -> list[torch.optim.O
     return [Muon(matrices, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_wd, rt, orthogonalise,
                  NS_POLAR_EXPRESS if cfg.muon_ns == "polar" else NS_STANDARD, cfg.muon_row_normalize), adam]
 
+
 # ================================ training loop ================================
+_STOP_SIGNAL = {"received": False}  # set by SIGTERM when checkpoints are on
+CHECKPOINT_FORMAT = "train_gpt-checkpoint-2"
 
 
 def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
-    """LR multiplier, never below MIN_LR. With WARMDOWN_FRAC: 1, then linear to 0 over the last WARMDOWN_FRAC of
-    training (by steps or wall clock, whichever is further along). Otherwise: 1 until the warm-down, then linear to 0
-    at ITERATIONS or at the step predicted to hit the wall-clock cap (timed on training steps only), if sooner."""
+    """LR multiplier, at least MIN_LR. WARMDOWN_FRAC: linear to 0 over that last fraction of steps or wall clock
+    (whichever is further); else over WARMDOWN_ITERS to ITERATIONS or the step predicted to hit the wall-clock cap."""
     if cfg.warmdown_frac:
         scale = min(1.0, (1 - training_progress(cfg, step, elapsed_ms)) / cfg.warmdown_frac)
     else:
@@ -1398,8 +1358,7 @@ def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
 
 
 def budget_ms(cfg: Config) -> float:
-    """Wall-clock budget of the training steps: MAX_WALLCLOCK_SECONDS less the GPTQ calibration's
-    reserve (calibration reads training data, so it belongs to training time); 0 = none."""
+    """MAX_WALLCLOCK_SECONDS in ms less GPTQ's calibration reserve (calibration reads training data); 0 = none."""
     reserve = cfg.gptq_reserve_seconds if cfg.quant_method == "gptq" else 0.0
     return 1000 * (cfg.max_wallclock_seconds - reserve) if cfg.max_wallclock_seconds > 0 else 0.0
 
@@ -1412,21 +1371,24 @@ class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss); the message has the step and last good figures."""
 
 
-_STOP_SIGNAL = {"received": False}  # set by SIGTERM when checkpoints are on
-CHECKPOINT_FORMAT = "train_gpt-checkpoint-2"
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes | Callable) -> None:
+    """Write `data` (bytes, or a function given the path to write) via a temporary file: a crash keeps the old file."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(dict(state, format=CHECKPOINT_FORMAT), tmp)
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, functools.partial(torch.save, dict(state, format=CHECKPOINT_FORMAT)))
 
 
 def read_checkpoint(path: str, device="cpu", name: str = "RESUME_FROM") -> dict:
@@ -1443,15 +1405,14 @@ def read_checkpoint(path: str, device="cpu", name: str = "RESUME_FROM") -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         older = isinstance(state, dict) and str(state.get("format", "")).startswith("train_gpt-checkpoint-")
         raise ConfigError(f"{name}={path} is not a train_gpt.py checkpoint of this version (" + (
-            f"format {state['format']!r}, this script reads {CHECKPOINT_FORMAT!r}): resume with the script that wrote it"
-            if older else f"a torch file without the '{CHECKPOINT_FORMAT}' marker); give a file written with "
-            "CHECKPOINT_EVERY"))
+            f"format {state['format']!r}, this script reads {CHECKPOINT_FORMAT!r}): resume with the script that "
+            "wrote it" if older else f"a torch file without the '{CHECKPOINT_FORMAT}' marker); give a file written "
+            "with CHECKPOINT_EVERY"))
     return state
 
 
 def load_checkpoint(path: str, cfg: Config, model: nn.Module, rt: Runtime, train_files: list[Path]) -> dict:
-    """The state to resume from, refused unless every field is of its kind and range, it was made with the same
-    settings, model shape and training shards, and its optimiser states load: all before any work starts."""
+    """The state to resume from, refused before any work unless it fits these settings, model, shards and optimisers."""
     state, where = read_checkpoint(path, rt.device), f"RESUME_FROM={path}"
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tensors = lambda d: all(isinstance(v, torch.Tensor) and torch.isfinite(v).all() for v in d.values())  # noqa: E731
@@ -1473,7 +1434,7 @@ def load_checkpoint(path: str, cfg: Config, model: nn.Module, rt: Runtime, train
     if not same(state["model"]):
         raise ConfigError(f"{where} holds tensors of another model shape (or non-finite weights): resume with the "
                           "settings it was made with")
-    if not (state["ema"] is None or same(state["ema"])) or not (state["swa"]["count"] == 0 or same(state["swa"]["sums"])):
+    if not (state["ema"] is None or same(state["ema"])) or (state["swa"]["count"] and not same(state["swa"]["sums"])):
         raise ConfigError(f"{where}: its EMA or SWA average does not fit the model; the checkpoint is damaged")
     data = [[f.name, (f.stat().st_size - SHARD_HEADER_BYTES) // 2] for f in train_files]
     if state["data"] != data:
@@ -1495,20 +1456,26 @@ def load_checkpoint(path: str, cfg: Config, model: nn.Module, rt: Runtime, train
 def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Module, train_files: list[Path],
           val: ValData, resume: dict | None) -> dict:
     """Train `model` via `run_model` (its compiled form), from the checkpoint `resume` if given; steps and timing."""
+    def compile_stats(key: str) -> dict:
+        """torch.compile's counters of one kind (graph breaks, compiled graphs); empty when it never ran."""
+        if "torch._dynamo" not in sys.modules:
+            return {}
+        from torch._dynamo.utils import counters
+        return counters[key]
     train_model = DDP(run_model, gradient_as_bucket_view=True) if rt.world_size > 1 else run_model
     optimizers = build_optimizers(model, cfg, rt)
     if rt.world_size > 1:
         grad_bytes = 4 * sum(p.numel() for p in model.parameters())
         log(f"comm per step per rank: gradient all-reduce {grad_bytes / 2**20:.2f} MiB (DDP buckets, overlapped with "
             f"the backward), Muon update all-gather sends {optimizers[0].bytes_per_step() / 2**20:.2f} MiB")
-    accum, linears = cfg.micro_batches // rt.world_size, [m for m in model.modules() if isinstance(m, QATLinear)]
-    qat = {id(m): (quant_bits_for(name + ".weight", cfg), cfg.quant_clip, clip_sigmas_for(name + ".weight", cfg))
+    accum = cfg.micro_batches // rt.world_size
+    qat = {m: (quant_bits_for(name + ".weight", cfg), cfg.quant_clip, clip_sigmas_for(name + ".weight", cfg))
            for name, m in model.named_modules() if isinstance(m, QATLinear)}
-    fpt, peak = flops_per_token(model, cfg.train_seq_len), peak_flops(rt) * rt.world_size
+    fpt, peak = flops_per_token(model, cfg.train_seq_len), rt.peak_flops() * rt.world_size
 
     def set_qat(on: bool):
-        for m in linears:
-            m.qat = qat[id(m)] if on and qat[id(m)][0] < 16 else None
+        for m, setting in qat.items():
+            m.qat = setting if on and setting[0] < 16 else None
 
     def train_step(loader: TrainLoader, scale: float, momentum: float) -> torch.Tensor:
         for opt in optimizers:
@@ -1556,7 +1523,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     if cfg.quant_method == "gptq" and not cfg.gptq_reserve_seconds and budget_ms(cfg):
         t0 = rt.clock()  # GPTQ calibration belongs to the training budget: reserve what it costs here
         collect_hessians(model, TrainLoader(train_files, cfg, rt), replace(cfg, gptq_calibration_batches=1), rt)
-        per_batch = all_ranks_max(rt, [rt.clock() - t0])[0]
+        per_batch = rt.max_over_ranks([rt.clock() - t0])[0]
         cfg.gptq_reserve_seconds = 1.25 * per_batch * cfg.gptq_calibration_batches + 1.0
         log(f"gptq: calibration measured at {per_batch:.2f}s per batch on this process's share: "
             f"{cfg.gptq_reserve_seconds:.1f}s of MAX_WALLCLOCK_SECONDS reserved for {cfg.gptq_calibration_batches} "
@@ -1588,9 +1555,9 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if rt.is_main:
             save_checkpoint(ckpt_path, dict(
                 model=model.state_dict(), optimizers=[o.state_dict() for o in optimizers],
-                loader=loader.stream.state(), swa=dict(sums=swa.sums, count=swa.count), ema=ema.shadow if ema else None, step=step,
-                training_ms=training_ms, looping=model.looping, rng=torch.get_rng_state(), config=asdict(cfg),
-                data=[[f.name, (f.stat().st_size - SHARD_HEADER_BYTES) // 2] for f in train_files]))
+                loader=loader.stream.state(), swa=dict(sums=swa.sums, count=swa.count), ema=ema.shadow if ema else None,
+                step=step, training_ms=training_ms, looping=model.looping, rng=torch.get_rng_state(),
+                config=asdict(cfg), data=[[f.name, (f.stat().st_size - SHARD_HEADER_BYTES) // 2] for f in train_files]))
         if rt.world_size > 1:
             dist.barrier()
         log(f"checkpoint: step {step} written to {ckpt_path} ({reason})")
@@ -1601,7 +1568,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         if ready is not None:
             ready.synchronize()
         if not math.isfinite(value := float(value)):
-            good = f"last finite train loss {last_good[1]:.4f} at step {last_good[0]}" if last_good else "no finite step before it"
+            good = (f"last finite train loss {last_good[1]:.4f} at step {last_good[0]}" if last_good
+                    else "no finite step before it")
             seen = f", last val_bpb {last_val[1]:.4f} at step {last_val[0]}" if last_val else ""
             raise TrainingStopped(f"train loss is {value} at step {at_step} ({good}{seen}); no artifact written. "
                                   "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data.")
@@ -1650,8 +1618,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
             tok_s = cfg.train_batch_tokens / step_avg * 1000
             log(f"step:{step}/{cfg.iterations} train_loss:{loss.item():.4f} train_time:{elapsed:.0f}ms "
                 f"step_avg:{step_avg:.2f}ms tok/s:{tok_s:.0f} mfu:{100 * fpt * tok_s / peak:.2f}%")
-        # Ranks agree on the clock and on a SIGTERM, so all of them take the same decisions.
-        agreed_ms, sigterm = all_ranks_max(rt, [elapsed, float(_STOP_SIGNAL["received"])])
+        agreed_ms, sigterm = rt.max_over_ranks([elapsed, float(_STOP_SIGNAL["received"])])  # all ranks decide alike
         if budget_ms(cfg) > 0 and agreed_ms + 1.5 * agreed_ms / step > budget_ms(cfg):
             stop_reason = "wallclock"  # the next step (with margin) would end past the cap
         if ckpt_every and (sigterm or (agreed_ms - last_ckpt_ms >= 1000 * ckpt_every if ckpt_unit == "seconds"
@@ -1679,7 +1646,7 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
         log(f"compile: {recompiled} graph(s) compiled during the training steps after the warm-up")
     rt.sync()
     if swa.count:
-        model.load_state_dict(swa.average())
+        model.load_state_dict({k: v / swa.count for k, v in swa.sums.items()})
         log(f"swa: averaged {swa.count} snapshots")
     if ema:
         model.load_state_dict(ema.shadow)
@@ -1687,9 +1654,8 @@ def train(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model: nn.Modul
     return dict(steps=step, train_time_ms=training_ms, stop_reason=stop_reason, loader=loader, clock=clock,
                 warmup_s=warmup_s, eval_compile_s=eval_compile_s)
 
+
 # ================================== averaging ==================================
-
-
 class EMA:
     """Weight EMA from init, per optimiser step: shadow <- decay * shadow + (1 - decay) * w, fp32; loaded for export."""
 
@@ -1703,7 +1669,7 @@ class EMA:
 
 
 class SWA:
-    """Stochastic weight averaging: running sum of warm-down weight snapshots; export loads `average()`, their mean."""
+    """Stochastic weight averaging: a running sum of warm-down weight snapshots; export loads their mean."""
 
     def __init__(self):
         self.sums, self.count = None, 0
@@ -1717,14 +1683,12 @@ class SWA:
                 self.sums[k].add_(v.float())
         self.count += 1
 
-    def average(self) -> dict:
-        return {k: v / self.count for k, v in self.sums.items()}
 
 # =================================== export ===================================
-
 ARTIFACT_MAGIC, ARTIFACT_VERSION, MAX_PAYLOAD_BYTES = b"PGOLFART", 4, 1 << 30  # max: what an artifact may decompress to
 ARRAY_DTYPES = {"i1": np.int8, "u1": np.uint8, "f2": np.float16, "i2": np.int16, "u2": np.uint16, "f4": np.float32}
 SCALE_STEPS = 32  # row scales lie on a grid of 2^(1/32) (steps of 2.2%): one byte per row above the tensor's smallest
+SAMPLE_BYTES = 1 << 20  # ans: brotli is tried on a whole code stream only when it wins on its first MiB
 
 
 class ArtifactError(Exception):
@@ -1743,12 +1707,6 @@ def clip_sigmas_for(name: str, cfg: Config) -> float:
             else cfg.attn_clip_sigmas if ".attn." in name else cfg.matrix_clip_sigmas)
 
 
-def on_scale_grid(s: torch.Tensor) -> torch.Tensor:
-    """Row scales rounded up onto the 2^(k/SCALE_STEPS) grid, at most 255 steps above the tensor's largest less 255."""
-    k = torch.ceil(torch.log2(s.double().clamp_min(2 ** -24)) * SCALE_STEPS)
-    return torch.exp2(torch.maximum(k, k.max() - 255) / SCALE_STEPS).float()
-
-
 def scale_codes(scale: np.ndarray) -> tuple[int, np.ndarray]:
     """(the smallest grid exponent, each row's steps above it as uint8) of grid scales: how an artifact stores them."""
     k = np.round(np.log2(scale.astype(np.float64)) * SCALE_STEPS).astype(np.int64)
@@ -1756,14 +1714,17 @@ def scale_codes(scale: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def row_scales(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> torch.Tensor:
-    """Scale per row, on the grid (`on_scale_grid`): max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values
-    beyond k std are clipped), or the fraction of absmax among 0.50..1.00 with the least squared error (search)."""
+    """Scale per row: max|row| / qmax (absmax), k * std(row) / qmax (sdclip: values beyond k std are clipped), or the
+    fraction of absmax among 0.50..1.00 with the least squared error (search); each rounded up onto the grid."""
+    def on_grid(s: torch.Tensor) -> torch.Tensor:  # 2^(k/SCALE_STEPS), at most 255 steps above the largest less 255
+        k = torch.ceil(torch.log2(s.double().clamp_min(2 ** -24)) * SCALE_STEPS)
+        return torch.exp2(torch.maximum(k, k.max() - 255) / SCALE_STEPS).float()
     qmax, absmax = 2 ** (bits - 1) - 1, w.abs().amax(dim=1, keepdim=True)
     if clip == "sdclip":
-        return on_scale_grid(sigmas * w.std(dim=1, keepdim=True) / qmax)
+        return on_grid(sigmas * w.std(dim=1, keepdim=True) / qmax)
     best, best_err = None, None
     for frac in ((1.0,) if clip == "absmax" else torch.linspace(0.5, 1.0, 11).tolist()):
-        s = on_scale_grid(frac * absmax / qmax)
+        s = on_grid(frac * absmax / qmax)
         err = (w - torch.clamp(torch.round(w / s.float()), -qmax, qmax) * s.float()).square().sum(1, keepdim=True)
         best = s if best is None else torch.where(err < best_err, s, best)
         best_err = err if best_err is None else torch.minimum(err, best_err)
@@ -1771,7 +1732,7 @@ def row_scales(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float =
 
 
 def quantize_rows(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: float = 0.0) -> tuple:
-    """Round to nearest per row: int8 codes in [-(2^(b-1)-1), 2^(b-1)-1] and an fp16 scale per row."""
+    """Round to nearest per row: int8 codes in [-(2^(b-1)-1), 2^(b-1)-1] and a grid scale per row (`row_scales`)."""
     qmax, w = 2 ** (bits - 1) - 1, w.float()
     scale = row_scales(w, bits, clip, sigmas)
     return torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8), scale
@@ -1779,9 +1740,8 @@ def quantize_rows(w: torch.Tensor, bits: int, clip: str = "absmax", sigmas: floa
 
 @torch.no_grad()
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """GPTQ codes for w (rows x cols) with fixed per-row scales: columns quantised in descending Hessian-diagonal order
-    (1% damping); each column's rounding error, scaled by the inverse Hessian's Cholesky factor, is spread onto the
-    columns not yet quantised (in-block at once, later ones after the block). Identity Hessian: round to nearest."""
+    """GPTQ codes for w with fixed row scales: columns in descending Hessian-diagonal order (1% damping), each one's
+    rounding error spread via the inverse Hessian's Cholesky factor onto those not yet quantised (identity: RTN)."""
     qmax, s, W, H = 2 ** (bits - 1) - 1, scale.float()[:, 0], w.float().clone(), hessian.double().clone()
     dead = H.diagonal() == 0
     H[dead, dead], W[:, dead] = 1.0, 0.0
@@ -1801,15 +1761,6 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor,
     return Q[:, torch.argsort(order)].to(torch.int8)
 
 
-def quantize_grouped(x: torch.Tensor, bits: int, group: int) -> tuple:
-    """LQER factor codes: each run of `group` values shares an fp16 scale max|g| / (2^(b-1) - 0.5);
-    codes in [-2^(b-1), 2^(b-1) - 1] (one more level below zero than above)."""
-    flat = x.float().flatten()
-    g, half = F.pad(flat, (0, (-len(flat)) % group)).view(-1, group), 2 ** (bits - 1)
-    s = (g.abs().amax(1) / (half - 0.5)).clamp_min(2 ** -14).half()
-    return torch.clamp(torch.round(g / s.float()[:, None]), -half, half - 1).to(torch.int8).flatten()[:len(flat)], s
-
-
 def dequantize(t: dict, a: dict) -> np.ndarray:
     """float32 weights of a tensor-table entry from its arrays (numpy, float32)."""
     if t["kind"] == "f16":
@@ -1825,8 +1776,7 @@ def dequantize(t: dict, a: dict) -> np.ndarray:
 
 @torch.no_grad()
 def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
-    """X^T X of each quantised linear's inputs (and the tied head's, for the embedding) over GPTQ_CALIBRATION_BATCHES
-    training-stream batches, summed over ranks; given the training loader only, it cannot see validation data."""
+    """X^T X of each quantised linear's (and the tied head's) inputs over training batches only, summed over ranks."""
     def add(name, x):
         x = x.detach().flatten(0, -2).float()
         with torch.autocast(x.device.type, enabled=False):  # accumulated in fp32 whatever the compute dtype
@@ -1853,38 +1803,39 @@ def collect_hessians(model: GPT, loader, cfg: Config, rt: Runtime) -> dict:
 
 def quantise_state(state: dict, cfg: Config, hessians: dict | None = None, rt: Runtime | None = None,
                    cache: dict | None = None) -> list[dict]:
-    """Per tensor: name, shape, kind ("q": int8 codes + a grid scale per row, with optional LQER factors;
-    "f16") and numpy arrays. With Hessians, matrices get GPTQ codes (each rank computes a share; `cache` keeps them
-    by tensor and settings, for FIT_TO_CAP's trials)."""
+    """Per tensor: name, shape, kind ("q": int8 codes + a grid scale per row, optional LQER factors; "f16") and numpy
+    arrays. With Hessians, GPTQ codes (each rank a share; `cache` keeps them by settings, for FIT_TO_CAP's trials)."""
+    def quantize_grouped(x: torch.Tensor, bits: int, group: int) -> tuple:
+        """LQER factor codes in [-2^(b-1), 2^(b-1) - 1], an fp16 scale max|g| / (2^(b-1) - 0.5) per `group` values."""
+        flat = x.float().flatten()
+        g, half = F.pad(flat, (0, (-len(flat)) % group)).view(-1, group), 2 ** (bits - 1)
+        s = (g.abs().amax(1) / (half - 0.5)).clamp_min(2 ** -14).half()
+        return torch.clamp(torch.round(g / s.float()[:, None]), -half, half - 1).to(torch.int8).flatten()[:len(flat)], s
     hessians, todo, cache = hessians or {}, {}, {} if cache is None else cache
     for name, t in state.items():
         if (bits := quant_bits_for(name, cfg) if t.ndim == 2 else 16) < 16:
             w = prune_smallest(t.detach().float(), cfg.prune_frac)
             key = (name, bits, cfg.quant_clip, clip_sigmas_for(name, cfg), cfg.prune_frac)
             todo[name] = (w, bits, row_scales(w, bits, cfg.quant_clip, key[3]), key)
-    mine = {}
+    mine = {}  # the GPTQ codes this rank computes: its share of those not in the cache
     for i, name in enumerate(n for n in todo if n in hessians and todo[n][3] not in cache):
         if rt is None or i % rt.world_size == rt.rank:
             w, bits, scale, _ = todo[name]
             mine[name] = gptq(w, hessians[name].to(w.device), bits, scale).cpu()
-    if rt is not None and rt.world_size > 1:
-        shares = [None] * rt.world_size
-        dist.all_gather_object(shares, mine, group=rt.host_group)
-        mine = {k: v for share in shares for k, v in share.items()}
-    cache.update({todo[n][3]: q for n, q in mine.items()})
-    mine = {n: cache[todo[n][3]] for n in todo if todo[n][3] in cache}
+    cache.update({todo[n][3]: q for n, q in merge_over_ranks(rt, mine).items()})
     entries, errors = [], {}
     for name, t in state.items():
         if name not in todo:
-            entries.append(dict(name=name, shape=list(t.shape), kind="f16", arrays=dict(data=t.detach().cpu().half().numpy())))
+            entries.append(dict(name=name, shape=list(t.shape), kind="f16",
+                                arrays=dict(data=t.detach().cpu().half().numpy())))
             continue
-        w, bits, scale, _ = todo[name]
+        w, bits, scale, key = todo[name]
         w, scale, qmax = w.cpu(), scale.cpu(), 2 ** (bits - 1) - 1
-        q = mine[name] if name in mine else torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
+        q = cache[key] if key in cache else torch.clamp(torch.round(w / scale.float()), -qmax, qmax).to(torch.int8)
         errors[name] = w - q.float() * scale.float()
         base, codes = scale_codes(scale[:, 0].numpy())
-        entries.append(dict(name=name, shape=list(w.shape), kind="q", scale_log2=base, arrays=dict(q=q.numpy(),
-                                                                                                 scale=codes)))
+        entries.append(dict(name=name, shape=list(w.shape), kind="q", scale_log2=base,
+                            arrays=dict(q=q.numpy(), scale=codes)))
     for name in sorted(errors, key=lambda n: -errors[n].norm().item())[:cfg.lqer_top_k]:
         U, S, Vh = torch.linalg.svd(errors[name], full_matrices=False)
         rank = min(cfg.lqer_rank, len(S))
@@ -1922,7 +1873,8 @@ def codec(name: str) -> tuple:
     if name == "ans":  # order-0 ANS of int8 codes: i8 lowest code, u16 levels, u32 histogram, the coded words
         import brotli  # noqa: F401  (an ans artifact keeps its other streams in brotli)
         import constriction
-        model = lambda counts: constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)  # noqa: E731
+        model = lambda counts: constriction.stream.model.Categorical(  # noqa: E731
+            counts.astype(np.float64), perfect=False)
 
         def compress(raw, cfg):
             x = np.frombuffer(raw, np.int8).astype(np.int32)
@@ -1930,7 +1882,8 @@ def codec(name: str) -> tuple:
             counts, coder = np.bincount(x - lo, minlength=1), constriction.stream.stack.AnsCoder()
             if len(counts) > 1:
                 coder.encode_reverse(x - lo, model(counts))
-            return struct.pack("<bH", lo, len(counts)) + counts.astype("<u4").tobytes() + coder.get_compressed().astype("<u4").tobytes()
+            header = struct.pack("<bH", lo, len(counts)) + counts.astype("<u4").tobytes()
+            return header + coder.get_compressed().astype("<u4").tobytes()
 
         def decompress(data, n):
             lo, k = struct.unpack_from("<bH", data)
@@ -1945,43 +1898,15 @@ def codec(name: str) -> tuple:
     raise ValueError(f"unknown codec {name!r}")
 
 
-def codec_problem(name: str) -> str | None:
-    """Why COMPRESSOR=name cannot be used here (its optional package is missing), or None."""
-    try:
-        codec(name)
-    except ImportError as e:
-        return f"COMPRESSOR={name} needs the {e.name} package: pip install {e.name} (or use COMPRESSOR=zstd)"
-    return None
-
-
-SAMPLE_BYTES = 1 << 20  # ans: brotli is tried on a whole code stream only when it wins on its first MiB
-
-
 def compress_stream(raw: bytes, codes: bool, cfg: Config) -> tuple[str, bytes]:
-    """(codec, compressed bytes) of one stream under COMPRESSOR. ans codes int8 code streams only, each in ANS or, if
-    smaller, brotli (LZ wins on near-duplicate rows), decided on a sample first (brotli-11 is slow, ANS is not); the
-    rest goes to brotli."""
+    """(codec, compressed bytes) of one stream under COMPRESSOR; with ans, code streams in ANS or, if smaller (decided
+    on a sample first: brotli-11 is slow), brotli (LZ wins on near-duplicate rows), other streams in brotli."""
     if cfg.compressor != "ans" or not codes:
         return (name := cfg.compressor if cfg.compressor != "ans" else "brotli"), codec(name)[0](raw, cfg)
     (ans, _), (brotli, _) = codec("ans"), codec("brotli")
     names = ["ans"] + (["brotli"] if len(raw) <= SAMPLE_BYTES or len(brotli(sample := raw[:SAMPLE_BYTES], cfg))
                        < len(ans(sample, cfg)) else [])
     return min(((n, codec(n)[0](raw, cfg)) for n in names), key=lambda c: len(c[1]))
-
-
-def compress_streams(raws: list[tuple[bytes, bool]], cfg: Config, rt: Runtime | None = None) -> list[tuple]:
-    """`compress_stream` of each (raw, codes) in threads (the codecs release the GIL), the streams shared out over the
-    ranks (the idle processes at export) and gathered: every rank returns every stream."""
-    rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)
-    mine = [i for i in sorted(range(len(raws)), key=lambda i: -len(raws[i][0]))][rank::world]
-    workers = max(1, min(len(mine), (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        done = dict(zip(mine, pool.map(lambda i: compress_stream(*raws[i], cfg), mine)))
-    if world > 1:
-        shares = [None] * world
-        dist.all_gather_object(shares, done, group=rt.host_group)
-        done = {i: c for share in shares for i, c in share.items()}
-    return [done[i] for i in range(len(raws))]
 
 
 def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None, rt: Runtime | None = None) -> bytes:
@@ -2000,14 +1925,19 @@ def pack_artifact(entries: list[dict], cfg: Config, score: dict | None = None, r
             index[e["name"]]["arrays"][key] = [i, offset, arr.dtype.str[1:], arr.size]
             offset += arr.nbytes
         raws.append((b"".join(arr.tobytes() for _, _, arr in items), role != "other"))
-    bodies = compress_streams(raws, cfg, rt)
+    rank, world = (rt.rank, rt.world_size) if rt is not None else (0, 1)  # streams shared out over the ranks
+    mine = sorted(range(len(raws)), key=lambda i: -len(raws[i][0]))[rank::world]
+    workers = max(1, min(len(mine), (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # in threads: the codecs release the GIL
+        done = dict(zip(mine, pool.map(lambda i: compress_stream(*raws[i], cfg), mine)))
+    compressed = [c for _, c in sorted(merge_over_ranks(rt, done).items())]  # (codec, bytes) per stream, in order
     meta = [dict(codec=name, raw=len(raw), size=len(body), crc32=zlib.crc32(raw))
-            for (raw, _), (name, body) in zip(raws, bodies)]
-    bodies = [body for _, body in bodies]
+            for (raw, _), (name, body) in zip(raws, compressed)]
     header = json.dumps(dict(model={k: getattr(cfg, k) for k in MODEL_FIELDS}, score=score or {}, tensors=table,
                              streams=meta)).encode()
     packed = zlib.compress(header, 9)
-    head = ARTIFACT_MAGIC + struct.pack("<HII", ARTIFACT_VERSION, len(packed), len(header)) + packed + b"".join(bodies)
+    head = (ARTIFACT_MAGIC + struct.pack("<HII", ARTIFACT_VERSION, len(packed), len(header)) + packed
+            + b"".join(body for _, body in compressed))
     return head + hashlib.sha256(head).digest()
 
 
@@ -2041,9 +1971,8 @@ def forecast_artifact_bytes(model: GPT, cfg: Config) -> int:
 
 
 def cap_steps(cfg: Config) -> list[dict]:
-    """FIT_TO_CAP's possible next steps from `cfg`, each one setting coarser: with SDClip, a class's clip (MLP,
-    attention, embedding, other matrices) 4% wider, the finest step (about 0.06 bits per code); otherwise, 1 bit less
-    for a class, or 3% more pruning."""
+    """FIT_TO_CAP's next steps from `cfg`, each one setting coarser: with SDClip, a class's clip (MLP, attention,
+    embedding, other matrices) 4% wider (about 0.06 bits per code); else 1 bit less for a class, or 3% more pruning."""
     if cfg.quant_clip == "sdclip":
         return [{k: round(getattr(cfg, k) * 1.04, 6)} for k in ("mlp_clip_sigmas", "attn_clip_sigmas",
                                                                 "embed_clip_sigmas", "matrix_clip_sigmas")]
@@ -2054,9 +1983,8 @@ def cap_steps(cfg: Config) -> list[dict]:
 
 def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
                     code_bytes: int, score: dict) -> bytes:
-    """The artifact's bytes. Every rank quantises (sharing the GPTQ work) and packs, so all agree on sizes. With
-    FIT_TO_CAP, while code + artifact is over the cap less CAP_MARGIN_BYTES, try each of `cap_steps` and take the one
-    that costs the least plain-eval bpb per byte saved, logging each; the trained weights are restored afterwards."""
+    """The artifact's bytes (every rank quantises and packs, so all agree on sizes). FIT_TO_CAP: while code + artifact >
+    cap - CAP_MARGIN_BYTES, take the `cap_steps` step costing the least plain bpb per byte saved (weights restored)."""
     cache = {}
 
     def build(c: Config) -> tuple:
@@ -2087,25 +2015,13 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
                     f"({-trials[-1][1]:+d}), plain bpb {trials[-1][0] - bpb:+.5f}")
             new_bpb, saved, step, entries, blob = min(trials, key=lambda t: (t[1] <= 0, (t[0] - bpb) / max(t[1], 1)))
             log(f"fit_to_cap: chose {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: artifact {len(blob)} + "
-                f"code {code_bytes} = {len(blob) + code_bytes} bytes (target {target}), {(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} "
-                "bpb per MB saved")
+                f"code {code_bytes} = {len(blob) + code_bytes} bytes (target {target}), "
+                f"{(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} bpb per MB saved")
             c, bpb = replace(c, **step), new_bpb
         model.load_state_dict(state)
         log(f"fit_to_cap: {'fits' if len(blob) + code_bytes <= target else 'still over'} after "
             f"{time.perf_counter() - t0:.1f}s")
     return blob
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_artifact_header(path: str) -> tuple[dict, bytes]:
@@ -2146,8 +2062,9 @@ def check_header(h: dict, body_size: int) -> None:
             f, v = ENV_NAMES[k.upper()], h[group][k]
             if not isinstance(v, types[f.type]) or (f.type == "int" and isinstance(v, bool)):
                 raise ValueError(f"{group}.{k}={v!r} is not a {f.type}")
-            if f.type == "float" and not math.isfinite(v) or (msg := allowed_problem(k.upper(), v, f.metadata["allowed"])):
-                raise ValueError(f"{group}.{k}: {msg or 'not finite'}")
+            finite = f.type != "float" or math.isfinite(v)
+            if msg := allowed_problem(k.upper(), v, f.metadata["allowed"]) if finite else "not finite":
+                raise ValueError(f"{group}.{k}: {msg}")
     validate_config(replace(DEFAULTS, **h["model"], micro_batches=1, train_batch_tokens=h["model"]["train_seq_len"],
                             eval_stride=1, eval_seq_len=0, swa_every=0), 1)
     streams = h["streams"]
@@ -2187,34 +2104,34 @@ def check_header(h: dict, body_size: int) -> None:
             raise ValueError(f"stream {s}: an array starts at byte {a} where the one before it ends at {ends[s]} "
                              "(arrays overlap or leave a gap)")
         ends[s] = b
-    if gaps := [i for i, s in enumerate(streams) if ends[i] != s["raw"]]:
-        raise ValueError(f"stream {gaps[0]}: its arrays end at byte {ends[gaps[0]]}, it holds {streams[gaps[0]]['raw']}")
+    if (i := next((i for i, s in enumerate(streams) if ends[i] != s["raw"]), None)) is not None:
+        raise ValueError(f"stream {i}: its arrays end at byte {ends[i]}, it holds {streams[i]['raw']}")
 
 
 def read_artifact(path: str) -> tuple[dict, dict]:
     """(header, float32 state dict) of an artifact: parses JSON and raw numbers only, within the declared sizes."""
     header, body = read_artifact_header(path)
     streams, at = [], 0
-    for s in header["streams"]:
+    for i, s in enumerate(header["streams"]):
         try:
-            streams.append(codec(s["codec"])[1](body[at:at + s["size"]], s["raw"]))
-            if len(streams[-1]) != s["raw"] or zlib.crc32(streams[-1]) != s["crc32"]:
-                raise ValueError(f"it decodes to {len(streams[-1])} bytes (or more) with CRC-32 {zlib.crc32(streams[-1])}, "
-                                 f"the header declares {s['raw']} with {s['crc32']} (another codec package version?)")
+            streams.append(raw := codec(s["codec"])[1](body[at:at + s["size"]], s["raw"]))
+            if len(raw) != s["raw"] or zlib.crc32(raw) != s["crc32"]:
+                raise ValueError(f"it decodes to {len(raw)} bytes (or more) with CRC-32 {zlib.crc32(raw)}, the header "
+                                 f"declares {s['raw']} with {s['crc32']} (another codec package version?)")
         except ImportError as e:
-            raise ArtifactError(f"{path}: stream {len(streams)} is {s['codec']}-compressed: pip install {e.name}") from None
+            raise ArtifactError(f"{path}: stream {i} is {s['codec']}-compressed: pip install {e.name}") from None
         except Exception as e:  # each codec raises its own error types
             raise ArtifactError(f"{path}: stream {len(streams)} cannot be decompressed ({e})") from None
         at += s["size"]
     state = {}
     for t in header["tensors"]:
-        arrays = {k: np.frombuffer(streams[s], ARRAY_DTYPES[d], n, o).astype(np.float32) for k, (s, o, d, n) in t["arrays"].items()}
+        arrays = {k: np.frombuffer(streams[s], ARRAY_DTYPES[d], n, o).astype(np.float32)
+                  for k, (s, o, d, n) in t["arrays"].items()}
         state[t["name"]] = torch.from_numpy(dequantize(t, arrays))
     return header, state
 
+
 # ================================= evaluation =================================
-
-
 class EvalError(Exception):
     """No honest score can be given; the message says why (no score is printed)."""
 
@@ -2234,10 +2151,8 @@ def eval_windows(num_targets: int, seq_len: int, stride: int) -> tuple[torch.Ten
 
 
 def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int, seq_len: int) -> list[tuple]:
-    """(first, window starts, first scored position per window) batches of exactly `batch` windows: the forward runs
-    positions first.. of each, first = 0 for windows that score all (the first window, every one in plain evaluation),
-    else seq_len - stride (the final window scores fewer); a last batch is filled with copies of its first window that
-    score nothing. So a compiled model sees two shapes in all, compiled once; the same batches for any world size."""
+    """(first, window starts, first scored position per window) batches of exactly `batch` windows run on positions
+    first.. (0 if all score, else seq_len - stride), the last padded with non-scoring ones: 2 shapes, any world size."""
     out, whole = [], score_from == 0
     for group in (whole, ~whole):
         s, f = starts[group], score_from[group]
@@ -2250,8 +2165,7 @@ def eval_batches(starts: torch.Tensor, score_from: torch.Tensor, batch: int, seq
 
 
 def warm_eval(run_model: nn.Module, cfg: Config, rt: Runtime) -> float:
-    """Compile the evaluation's two forward shapes (`eval_batches`) with looping on, as evaluation runs, on dummy
-    tokens: no compile stall inside a timed evaluation. Seconds taken."""
+    """Seconds to compile the evaluation's two forward shapes (looping on, dummy tokens): no stall in a timed eval."""
     t0, model = rt.clock(), getattr(run_model, "_orig_mod", run_model)
     looping, model.looping = model.looping, cfg.num_loops > 0
     with torch.inference_mode(), rt.autocast():  # inputs made here are inference tensors, as evaluate()'s are
@@ -2274,10 +2188,9 @@ def timed_evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, str
 @torch.inference_mode()
 def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: int, log=None) -> tuple[float, float]:
     """(val_loss in nats, val_bpb) over every target once: batches dealt round-robin to ranks; scored count checked."""
-    seq_len = cfg.eval_seq_len
-    mine = eval_batches(*eval_windows(val.num_targets, seq_len, stride), cfg.eval_batch_seqs,
-                        seq_len)[rt.rank::rt.world_size]
-    positions = torch.arange(seq_len, device=rt.device)
+    L = cfg.eval_seq_len
+    mine = eval_batches(*eval_windows(val.num_targets, L, stride), cfg.eval_batch_seqs, L)[rt.rank::rt.world_size]
+    positions = torch.arange(L, device=rt.device)
     sums, scored, was_training = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, model.training  # nll, bytes
     model.eval()
     t0 = time.perf_counter()
@@ -2288,20 +2201,21 @@ def evaluate(model: nn.Module, val: ValData, cfg: Config, rt: Runtime, stride: i
             nll = model(val.tokens[idx].long(), val.tokens[idx + 1].long(), first)
         sums += torch.stack([torch.where(scores, nll.double(), 0).sum(),
                              torch.where(scores, val.target_bytes[idx[:, first:]], 0).sum().double()])
-        scored += int((seq_len - score_from.clamp(min=first)).sum())
+        scored += int((L - score_from.clamp(min=first)).sum())
         if log and (b + 1) % max(1, len(mine) // 10) == 0:
             nll_sum, byte_sum = sums.tolist()
             log(f"sliding_eval: {100 * (b + 1) // len(mine)}% batches:{b + 1}/{len(mine)} (rank 0) "
                 f"running_bpb:{nll_sum / math.log(2) / max(byte_sum, 1):.4f} elapsed:{time.perf_counter() - t0:.1f}s")
     model.train(was_training)
+    return score_from_sums(rt, sums, scored, val.num_targets)
+
+
+def score_from_sums(rt: Runtime, sums: torch.Tensor, scored: int, num_targets: int) -> tuple[float, float]:
+    """(val_loss, val_bpb) of all ranks' (nll, bytes) sums; refused unless finite, with exactly num_targets scored."""
     totals = torch.cat([sums.cpu(), torch.tensor([float(scored)], dtype=torch.float64)])
     if rt.world_size > 1:
         dist.all_reduce(totals, group=rt.host_group)
-    return score_from_sums(*totals.tolist(), val.num_targets)
-
-
-def score_from_sums(nll_sum: float, byte_sum: float, scored: float, num_targets: int) -> tuple[float, float]:
-    """(val_loss, val_bpb), refused unless exactly the validation targets were scored and the result is finite."""
+    nll_sum, byte_sum, scored = totals.tolist()
     if scored != num_targets:
         raise EvalError(f"the evaluation scored {scored:.0f} targets but the validation split has {num_targets}: "
                         "no score is given (please report this as a bug)")
@@ -2313,76 +2227,67 @@ def score_from_sums(nll_sum: float, byte_sum: float, scored: float, num_targets:
 
 
 def documents(val: ValData) -> list[tuple[int, int]]:
-    """(start, end) per document: its BOS is token `start` and its targets are tokens start+1 .. end (the
-    last one the next document's BOS), so every target 1 .. num_targets is in exactly one document."""
+    """(start, end) per document: BOS at `start`, targets start+1 .. end (the next BOS): every target in exactly one."""
     bos = torch.nonzero(val.tokens[1:val.num_targets].cpu() == BOS_ID).flatten().add(1).tolist()
     return list(zip([0] + bos, bos + [val.num_targets]))
 
 
-def lora_targets(model: GPT, cfg: Config) -> list:
-    """(module, in, out) that TTT adapts: per block Q, K, V, O and the MLP (a parallel adapter), and the head."""
-    chosen, flags = [], (cfg.ttt_q_lora, cfg.ttt_k_lora, cfg.ttt_v_lora, cfg.ttt_o_lora)
-    for block in model.blocks:
-        chosen += [(m, m.in_features, m.out_features)
-                   for flag, m in zip(flags, (block.attn.q, block.attn.k, block.attn.v, block.attn.proj)) if flag]
-        if cfg.ttt_mlp_lora:
-            chosen.append((block.mlp, cfg.model_dim, cfg.model_dim))
-    return chosen + ([(model, cfg.model_dim, cfg.vocab_size)] if cfg.ttt_head_lora else [])
-
-
-def global_sgd(model: GPT, val: ValData, docs: list, cfg: Config, rt: Runtime) -> int:
-    """Phased TTT: one SGD pass (momentum, cosine LR, gradients averaged over ranks, clipped) of the base
-    weights over the tokens of documents that have all been scored already. Returns the steps taken."""
-    tokens = torch.cat([val.tokens[s:e + 1] for s, e in docs] + [val.tokens[:0]]).long()
-    seqs = tokens[:len(tokens) // (cfg.eval_seq_len + 1) * (cfg.eval_seq_len + 1)].view(-1, cfg.eval_seq_len + 1)
-    per_step = max(1, cfg.global_ttt_chunk_tokens // cfg.eval_seq_len)
-    steps, params = -(-len(seqs) // per_step), list(model.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.global_ttt_lr, momentum=cfg.global_ttt_momentum)
-    model.requires_grad_(True).train().doc_mask = cfg.doc_mask  # these rows hold many documents, as in training
-    for i in range(steps):
-        opt.param_groups[0]["lr"] = cfg.global_ttt_lr * 0.5 * (1 + math.cos(math.pi * i / max(steps - 1, 1)))
-        if len(mine := seqs[i * per_step:(i + 1) * per_step][rt.rank::rt.world_size]):
-            with rt.autocast():
-                (model(mine[:, :-1], mine[:, 1:]).sum() / (per_step * cfg.eval_seq_len)).backward()
-        for p in params:
-            p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            if rt.world_size > 1:
-                dist.all_reduce(p.grad)
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        torch._foreach_mul_([p.grad for p in params], (cfg.global_ttt_grad_clip / (norm + 1e-6)).clamp(max=1.0))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval().requires_grad_(False).doc_mask = False
-    return steps
-
-
 def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt: bool, log, t_start: float,
                        trace: list | None = None) -> tuple:
-    """(val_loss, val_bpb, notes) with attention that never crosses a document: each batch row is one document, scored
-    chunk by chunk (EVAL_STRIDE tokens, or TTT_CHUNK_SIZE with TTT) from a window of at most EVAL_SEQ_LEN of its own
-    tokens. With `adapt` (EVAL_MODE=ttt) a chunk's losses are recorded before its rows' LoRA adapters take an AdamW step
-    on them (score first, then adapt); adapters start afresh per batch of documents (seeded by the batch: any process
-    count gives the same result); PHASED_TTT_NUM_PHASES: the base weights take an SGD pass over documents scored so far
-    at each phase boundary. If the forecast overruns EVAL_BUDGET_SECONDS, adaptation stops (all targets still scored).
-    `trace` (tests) gets ("score"|"adapt", documents, chunk, losses). Rows of one document need no DOC_MASK."""
+    """(val_loss, val_bpb, notes), each batch row one document (no DOC_MASK needed), scored chunk by chunk (EVAL_STRIDE
+    or TTT_CHUNK_SIZE tokens) in windows of at most EVAL_SEQ_LEN of its tokens. With `adapt` (TTT) each chunk is scored,
+    then its rows' LoRA adapters (fresh per batch, seeded by it) take an AdamW step on it; PHASED_TTT_NUM_PHASES: SGD of
+    the base weights on the documents scored so far at each phase boundary. Adaptation stops if the forecast overruns
+    EVAL_BUDGET_SECONDS (all targets are still scored). `trace` (tests) gets ("score"|"adapt", docs, chunk, losses)."""
+    def global_sgd(scored: list) -> int:
+        """Phased TTT: an SGD pass (momentum, cosine LR, clipped rank-mean grads) over `scored` documents; its steps."""
+        tokens = torch.cat([val.tokens[s:e + 1] for s, e in scored] + [val.tokens[:0]]).long()
+        seqs = tokens[:len(tokens) // (cfg.eval_seq_len + 1) * (cfg.eval_seq_len + 1)].view(-1, cfg.eval_seq_len + 1)
+        per_step = max(1, cfg.global_ttt_chunk_tokens // cfg.eval_seq_len)
+        steps, params = -(-len(seqs) // per_step), list(model.parameters())
+        opt = torch.optim.SGD(params, lr=cfg.global_ttt_lr, momentum=cfg.global_ttt_momentum)
+        model.requires_grad_(True).train().doc_mask = cfg.doc_mask  # these rows hold many documents, as in training
+        for i in range(steps):
+            opt.param_groups[0]["lr"] = cfg.global_ttt_lr * 0.5 * (1 + math.cos(math.pi * i / max(steps - 1, 1)))
+            if len(mine := seqs[i * per_step:(i + 1) * per_step][rt.rank::rt.world_size]):
+                with rt.autocast():
+                    (model(mine[:, :-1], mine[:, 1:]).sum() / (per_step * cfg.eval_seq_len)).backward()
+            for p in params:
+                p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                if rt.world_size > 1:
+                    dist.all_reduce(p.grad)
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            torch._foreach_mul_([p.grad for p in params], (cfg.global_ttt_grad_clip / (norm + 1e-6)).clamp(max=1.0))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.eval().requires_grad_(False).doc_mask = False
+        return steps
     docs, chunk, L = documents(val), cfg.ttt_chunk_size if adapt else cfg.eval_stride, cfg.eval_seq_len
     model.doc_mask = False
     phases = cfg.phased_ttt_num_phases if adapt else 0
     bounds = sorted({min(cfg.phased_ttt_prefix_docs * k // phases, len(docs)) for k in range(1, phases + 1)}
                     - {0} | {len(docs)})  # (a phase with no document scored before it has nothing to learn from)
-    segments, lo_doc = [], 0
-    for hi in bounds:  # within a phase, documents of similar length share a batch
+    segments = []
+    for lo_doc, hi in zip([0] + bounds, bounds):  # within a phase, documents of similar length share a batch
         order = sorted(range(lo_doc, hi), key=lambda d: docs[d][0] - docs[d][1])
         segments.append([order[i:i + cfg.ttt_batch_size] for i in range(0, len(order), cfg.ttt_batch_size)])
-        lo_doc = hi
-    targets, scale = lora_targets(model, cfg) if adapt else [], cfg.ttt_lora_alpha / cfg.ttt_lora_rank
-    sums, scored, notes, times, total = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, [], [], sum(map(len, segments))
+    targets, flags = [], (cfg.ttt_q_lora, cfg.ttt_k_lora, cfg.ttt_v_lora, cfg.ttt_o_lora)
+    for block in model.blocks if adapt else []:  # (module, in, out) that TTT adapts: Q, K, V, O, the MLP, the head
+        targets += [(m, m.in_features, m.out_features)
+                    for flag, m in zip(flags, (block.attn.q, block.attn.k, block.attn.v, block.attn.proj)) if flag]
+        if cfg.ttt_mlp_lora:
+            targets.append((block.mlp, cfg.model_dim, cfg.model_dim))
+    targets += [(model, cfg.model_dim, cfg.vocab_size)] if adapt and cfg.ttt_head_lora else []
+    scale = cfg.ttt_lora_alpha / cfg.ttt_lora_rank
+    sums, scored, notes, times = torch.zeros(2, dtype=torch.float64, device=rt.device), 0, [], []
+    total = sum(map(len, segments))  # document batches
     model.eval().requires_grad_(False)
     for k, segment in enumerate(segments):
+        before = sum(map(len, segments[:k]))  # batches of the earlier phases
         for r in range(0, len(segment), rt.world_size):  # a round: one batch per rank, then the ranks agree
             batch, t0 = segment[r + rt.rank] if r + rt.rank < len(segment) else None, time.perf_counter()
             if batch is not None:  # adapters seeded by the batch's index: any process count, the same adapters
-                gen = torch.Generator(rt.device).manual_seed(cfg.seed + 7919 * (sum(map(len, segments[:k])) + r + rt.rank))
+                gen = torch.Generator(rt.device).manual_seed(cfg.seed + 7919 * (before + r + rt.rank))
                 params = [t.requires_grad_() for _, i, o in targets for t in (
                     torch.rand(len(batch), cfg.ttt_lora_rank, i, generator=gen, device=rt.device).mul_(2).sub_(1)
                     .mul_(i ** -0.5), torch.zeros(len(batch), o, cfg.ttt_lora_rank, device=rt.device))]
@@ -2421,59 +2326,34 @@ def evaluate_documents(model: GPT, val: ValData, cfg: Config, rt: Runtime, adapt
                     m.lora = None
                 rt.sync()
                 times.append(time.perf_counter() - t0)
-            done = sum(map(len, segments[:k])) + min(r + rt.world_size, len(segment))
-            elapsed, forecast = all_ranks_max(rt, [time.perf_counter() - t_start,
+            done = before + min(r + rt.world_size, len(segment))
+            elapsed, forecast = rt.max_over_ranks([time.perf_counter() - t_start,
                                                    float(np.mean(times or [0])) * (total - done) / rt.world_size])
             if targets and elapsed + forecast > cfg.eval_budget_seconds:
                 targets, phases = [], 0
                 notes.append(f"eval budget: {elapsed:.0f}s spent and about {forecast:.0f}s to go with adaptation, over "
-                             f"EVAL_BUDGET_SECONDS={cfg.eval_budget_seconds:g}: adaptation stops after {done} of {total} "
-                             "document batches; every remaining target is still scored")
+                             f"EVAL_BUDGET_SECONDS={cfg.eval_budget_seconds:g}: adaptation stops after {done} of "
+                             f"{total} document batches; every remaining target is still scored")
                 log(notes[-1])
         if k < min(phases, len(segments) - 1) and targets:  # nothing is left to score after the last segment
-            steps = global_sgd(model, val, [docs[d] for seg in segments[:k + 1] for bt in seg for d in bt], cfg, rt)
+            steps = global_sgd([docs[d] for seg in segments[:k + 1] for bt in seg for d in bt])
             log(f"ttt: phase {k + 1}/{phases}: global SGD, {steps} steps over the {bounds[k]} documents scored so far")
     model.requires_grad_(True).doc_mask = cfg.doc_mask
-    totals = torch.cat([sums.cpu(), torch.tensor([float(scored)], dtype=torch.float64)])
-    if rt.world_size > 1:
-        dist.all_reduce(totals, group=rt.host_group)
-    return (*score_from_sums(*totals.tolist(), val.num_targets), notes)
+    return (*score_from_sums(rt, sums, scored, val.num_targets), notes)
+
 
 # ==================================== main ====================================
-
-
-def compile_stats(key: str) -> dict:
-    """torch.compile's counters of one kind (graph breaks, compiled graphs); empty when it never ran."""
-    if "torch._dynamo" not in sys.modules:
-        return {}
-    from torch._dynamo.utils import counters
-    return counters[key]
+ERROR_KINDS = {DataError: ("data error", 2), EvalError: ("evaluation error", 1), ArtifactError: ("artifact error", 2),
+               ConfigError: ("configuration error", 2), TrainingStopped: ("training stopped", 1)}
 
 
 def select_kernels(cfg: Config, device: torch.device, bf16: bool) -> tuple[str, Kernels]:
-    """(their names for the log, the model's kernels): ATTN_BACKEND's attention (DOC_MASK's way, if on); FUSED_KERNELS
-    (auto: on CPU in bf16)."""
+    """(names for the log, kernels): ATTN_BACKEND's attention (DOC_MASK's if on), FUSED_KERNELS (auto: CPU in bf16)."""
     name, attention, mask = select_attention(cfg.attn_backend, device, bf16, cfg.doc_mask)
     fused = cfg.fused_kernels == "1" or (cfg.fused_kernels == "auto" and device.type == "cpu" and bf16)
     fns = (RMSNorm.apply, NormRotary.apply, SquaredAct.apply, HeadLoss.apply) if fused else ()
     doc = " doc_mask:on" if cfg.doc_mask else ""
     return f"{name}{doc} kernels:{'fused' if fused else 'reference'}", Kernels(attention, mask, *fns)
-
-
-def build_model(cfg: Config, rt: Runtime, kernels: Kernels) -> tuple[GPT, nn.Module]:
-    """(model on the device, callable for training/eval): compiled when on, one graph per shape and switch state."""
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg, kernels).to(rt.device)
-    if cfg.compile != "1":
-        return model, model
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return model, torch.compile(model, dynamic=False)
-
-
-def agree(rt: Runtime, error: str | None) -> None:
-    """Fail on every rank if any rank failed, so none is left waiting in a collective."""
-    if all_ranks_max(rt, [float(error is not None)])[0] or error:  # the collective runs on every rank, always
-        raise ConfigError(error or "another process failed; see its message")
 
 
 def log_header(log, cfg: Config, rt: Runtime | None, mode: str, code: tuple, attention: str, warnings) -> None:
@@ -2509,8 +2389,7 @@ def load_artifact_weights(model: nn.Module, path: str) -> None:
 
 def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, code: tuple,
                      summary: dict) -> int:
-    """Score the weights read back from the artifact on disk, report size, write the summary; the last
-    line is the score under the name the challenge's tools read."""
+    """Score the artifact's weights as read back, report size, write the summary; the last line is the challenge's."""
     t_start = time.perf_counter()
     if not cfg.eval_only:  # EVAL_ONLY loaded them before the log was opened
         load_artifact_weights(model, cfg.artifact_path)
@@ -2529,12 +2408,14 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
         rt.sync()
     s_time = time.perf_counter() - t0 if cfg.eval_mode != "sliding" or cfg.eval_stride != cfg.eval_seq_len else r_time
     total_s = time.perf_counter() - t_start + load_s
-    log(f"final_{cfg.eval_mode}_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f} stride:{cfg.eval_stride if cfg.eval_mode != 'ttt' else cfg.ttt_chunk_size} "
-        f"eval_time:{1000 * s_time:.0f}ms")
+    log(f"final_{cfg.eval_mode}_exact val_loss:{s_loss:.8f} val_bpb:{s_bpb:.8f} stride:"
+        f"{cfg.eval_stride if cfg.eval_mode != 'ttt' else cfg.ttt_chunk_size} eval_time:{1000 * s_time:.0f}ms")
     log(f"eval_time load:{load_s:.1f}s compile:{compile_s:.1f}s plain:{r_time:.1f}s {cfg.eval_mode}:{s_time:.1f}s "
-        f"total:{total_s:.1f}s budget:{cfg.eval_budget_seconds:g}s" + (" (over)" if total_s > cfg.eval_budget_seconds else ""))
+        f"total:{total_s:.1f}s budget:{cfg.eval_budget_seconds:g}s"
+        + (" (over)" if total_s > cfg.eval_budget_seconds else ""))
     if not val.full:
-        log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: not an official score")
+        log(f"warning: VAL_MAX_TOKENS={cfg.val_max_tokens} scored only part of the validation split: "
+            "not an official score")
     artifact_bytes, code_counted = os.path.getsize(cfg.artifact_path), counted_code_bytes(cfg, code)
     total = artifact_bytes + code_counted
     over = total > SIZE_CAP_BYTES
@@ -2560,32 +2441,31 @@ def final_evaluation(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_mode
 
 
 def open_run_log(cfg: Config, rt: Runtime) -> RunLog:
-    """Open logs/<RUN_ID>.txt on rank 0, refusing to overwrite an earlier run's log, artifact or any
-    file at CHECKPOINT_PATH that is not the checkpoint being resumed."""
+    """logs/<RUN_ID>.txt opened on rank 0, refusing to overwrite a log, artifact or checkpoint (but the resumed one)."""
     path, ckpt = Path("logs") / f"{cfg.run_id}{'_eval' if cfg.eval_only else ''}.txt", Path(cfg.checkpoint_path)
-    error, log = None, RunLog(None)
+    error, log, artifact = None, RunLog(None), Path(cfg.artifact_path)
     if not rt.is_main:
         pass
     elif path.exists() and not cfg.resume_from:
         error = f"log {path} already exists: choose another RUN_ID (or RESUME_FROM to continue that run)"
-    elif not cfg.eval_only and Path(cfg.artifact_path).exists():
-        error = (f"ARTIFACT_PATH={cfg.artifact_path} already exists{' (a folder)' if Path(cfg.artifact_path).is_dir() else ''}: "
+    elif not cfg.eval_only and artifact.exists():
+        error = (f"ARTIFACT_PATH={cfg.artifact_path} already exists{' (a folder)' if artifact.is_dir() else ''}: "
                  "refusing to overwrite it; move it or choose another path")
     elif checkpoint_interval(cfg)[0] and ckpt.exists() and not (cfg.resume_from and ckpt.samefile(cfg.resume_from)):
         error = (f"CHECKPOINT_PATH={ckpt} already exists{' (a folder)' if ckpt.is_dir() else ''} and is not the "
                  "checkpoint being resumed: refusing to overwrite it; move it or choose another path")
     elif problems := [f"cannot write {name}{p}: {why}" for name, p, on in (
-            ("the log ", path, True), ("ARTIFACT_PATH=", Path(cfg.artifact_path), not cfg.eval_only),
+            ("the log ", path, True), ("ARTIFACT_PATH=", artifact, not cfg.eval_only),
             ("CHECKPOINT_PATH=", ckpt, bool(checkpoint_interval(cfg)[0]))) if on and (why := unwritable(p))]:
         error = f"{problems[0]}; choose another path (or RUN_ID)"
     else:
         try:
-            for folder in {path.parent, Path(cfg.artifact_path).parent}:
+            for folder in {path.parent, artifact.parent}:
                 folder.mkdir(parents=True, exist_ok=True)
             log = RunLog(path, append=bool(cfg.resume_from))
         except OSError as e:
             error = f"cannot write the log or artifact: {e}"
-    agree(rt, error)
+    rt.agree(error)
     return log
 
 
@@ -2599,44 +2479,48 @@ def unwritable(path: Path) -> str | None:
     return None if os.access(parent, os.W_OK) else f"folder {parent} is not writable"
 
 
-def settings_from_artifact(cfg: Config, header: dict, environ=os.environ) -> tuple[Config, list[str]]:
-    """EVAL_ONLY: the artifact's settings; env shape settings must agree, env score settings are used but reported."""
-    clash = [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in header["model"].items()
-             if k.upper() in environ and getattr(cfg, k) != v]
-    if clash:
-        raise ConfigError("the environment disagrees with the artifact's model; unset these:\n  " + "\n  ".join(clash))
-    score = header["score"]
-    overridden = [f"{k.upper()}={getattr(cfg, k)} (the artifact's run used {v})" for k, v in score.items()
-                  if k.upper() in environ and getattr(cfg, k) != v]
-    return replace(cfg, **header["model"], **{k: v for k, v in score.items() if k.upper() not in environ}), overridden
-
-
 def memory_estimate(cfg: Config) -> tuple[float, float, int]:
     """(training, evaluation) peak bytes per process from the shapes, parameter count: modest, to refuse misfits."""
     with torch.device("meta"):
         params = sum(p.numel() for p in GPT(cfg).parameters())
     hidden, tokens = int(cfg.mlp_mult * cfg.model_dim), cfg.train_batch_tokens // cfg.micro_batches
     train = 20 * params + tokens * (cfg.num_layers * (8 * cfg.model_dim + 2 * hidden) * 2 + cfg.vocab_size * 8)
-    evaluate = 8 * params + cfg.eval_batch_seqs * (cfg.eval_seq_len or cfg.train_seq_len) * (cfg.vocab_size * 8 + cfg.model_dim * 16)
+    eval_tokens = cfg.eval_batch_seqs * (cfg.eval_seq_len or cfg.train_seq_len)
+    evaluate = 8 * params + eval_tokens * (cfg.vocab_size * 8 + cfg.model_dim * 16)
     return train, evaluate, params
 
 
-def memory_limit(device: torch.device) -> tuple[int, int]:
-    """(bytes of this device's memory, processes sharing it)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory, 1
-    try:
-        kib = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-        total = kib * 1024
-    except (OSError, StopIteration, ValueError):
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
+    """(config, warnings, overridden score settings): environment, then (EVAL_ONLY) the artifact's settings (the
+    environment's shape settings must agree with them, its score settings are used but reported), then every check."""
+    (cfg, warnings), overridden = config_from_env(environ), []
+    if cfg.eval_only and cfg.artifact_path:
+        header = read_artifact_header(cfg.artifact_path)[0]
+        if clash := [f"{k.upper()}={getattr(cfg, k)} but the artifact has {v}" for k, v in header["model"].items()
+                     if k.upper() in environ and getattr(cfg, k) != v]:
+            raise ConfigError("the environment disagrees with the artifact's model; unset these:\n  "
+                              + "\n  ".join(clash))
+        overridden = [f"{k.upper()}={getattr(cfg, k)} (the artifact's run used {v})" for k, v in header["score"].items()
+                      if k.upper() in environ and getattr(cfg, k) != v]
+        cfg = replace(cfg, **header["model"], **{k: v for k, v in header["score"].items() if k.upper() not in environ})
+    validate_config(cfg, int(environ.get("WORLD_SIZE", "1")))
+    cfg.eval_seq_len = cfg.eval_seq_len or cfg.train_seq_len
+    return cfg, warnings, overridden
 
 
 def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse a configuration whose estimated peak, times the processes sharing this device, exceeds its memory."""
     train, evaluate, params = memory_estimate(cfg)
     need = evaluate if cfg.eval_only else max(train, evaluate)
-    total, sharing = memory_limit(device)
+    if device.type == "cuda":
+        total, sharing = torch.cuda.get_device_properties(device).total_memory, 1
+    else:
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        try:
+            total = 1024 * next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                                if line.startswith("MemTotal"))
+        except (OSError, StopIteration, ValueError):
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need * sharing > total:
         driver = ("EVAL_BATCH_SEQS / EVAL_SEQ_LEN" if evaluate >= train or cfg.eval_only else
                   "TRAIN_BATCH_TOKENS (or raise MICRO_BATCHES)")
@@ -2646,19 +2530,8 @@ def check_memory(cfg: Config, device: torch.device) -> None:
                           f"device: lower {driver}, or MODEL_DIM / NUM_LAYERS / VOCAB_SIZE")
 
 
-def resolve_config(environ=os.environ) -> tuple[Config, list[str], list[str]]:
-    """(config, warnings, overridden score settings): environment, then (EVAL_ONLY) the artifact's, then every check."""
-    (cfg, warnings), overridden = config_from_env(environ), []
-    if cfg.eval_only and cfg.artifact_path:
-        cfg, overridden = settings_from_artifact(cfg, read_artifact_header(cfg.artifact_path)[0], environ)
-    validate_config(cfg, int(environ.get("WORLD_SIZE", "1")))
-    cfg.eval_seq_len = cfg.eval_seq_len or cfg.train_seq_len
-    return cfg, warnings, overridden
-
-
 def prepare_run(cfg: Config) -> tuple:
-    """Every input checked on every rank (memory, tokenizer, shards, sidecars, checkpoint, artifact) before any work;
-    then the runtime, the validation data and the model: (rt, train_files, val, model, run_model, attention name,
+    """Every input checked on every rank before any work, then (rt, train_files, val, model, run_model, attention name,
     start-up notes for the log, artifact load seconds, checkpoint state or None)."""
     check_memory(cfg, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
                  else torch.device("cpu"))
@@ -2680,7 +2553,11 @@ def prepare_run(cfg: Config) -> tuple:
     cfg.fused_kernels = "0" if kernels.rms_norm is rms_norm else "1"
     val, sidecar = load_validation(cfg, val_files, tables, cfg.eval_seq_len, rt.device, sp.unk_id(), sidecars)
     audited = audit_tokenizer(val.tokens.cpu().numpy(), sp, tables, cfg, sidecar=sidecar) if cfg.bpb_audit else 0
-    model, run_model = build_model(cfg, rt, kernels)
+    torch.manual_seed(cfg.seed)
+    model = run_model = GPT(cfg, kernels).to(rt.device)
+    if cfg.compile == "1":  # run_model: the compiled callable, one graph per shape and switch state
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        run_model = torch.compile(model, dynamic=False)
     resume = load_checkpoint(cfg.resume_from, cfg, model, rt, train_files) if cfg.resume_from else None
     t0, artifact_load_s = time.perf_counter(), 0.0
     if cfg.eval_only:  # the whole artifact is checked before anything is written
@@ -2696,6 +2573,11 @@ def prepare_run(cfg: Config) -> tuple:
 
 
 def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) -> int:
+    def package_version(module: str) -> str | None:
+        try:
+            return getattr(__import__(module), "__version__", "unknown")
+        except ImportError:
+            return None
     code, user_settings = Path(__file__).read_bytes(), non_default_settings(cfg)
     code = (code, hashlib.sha256(code).hexdigest(), packed_code_bytes(code))  # lzma's 66 MB before the model's
     if cfg.dry_run:
@@ -2720,14 +2602,12 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     if not cfg.eval_only:
         forecast, code_counted = forecast_artifact_bytes(model, cfg), counted_code_bytes(cfg, code)
         total, target = forecast + code_counted, SIZE_CAP_BYTES - cfg.cap_margin_bytes
+        over = f"; warning: {total - SIZE_CAP_BYTES} bytes over: set FIT_TO_CAP=1, PRUNE_FRAC or fewer QUANT_BITS_*"
         log(f"size_forecast: artifact {forecast} + code {code_counted} ({cfg.code_bytes}) = {total} bytes, cap "
             f"{SIZE_CAP_BYTES}" + (f"; FIT_TO_CAP=1: the export keeps it at most {target} (CAP_MARGIN_BYTES="
                                    f"{cfg.cap_margin_bytes}), choosing the steps by their measured bpb cost"
-                                   if cfg.fit_to_cap else "" if total <= SIZE_CAP_BYTES else f"; warning: "
-                                   f"{total - SIZE_CAP_BYTES} bytes over: set FIT_TO_CAP=1, PRUNE_FRAC or fewer "
-                                   "QUANT_BITS_*"))
+                                   if cfg.fit_to_cap else "" if total <= SIZE_CAP_BYTES else over))
         sizes = dict(size_forecast=total, size_target=target if cfg.fit_to_cap else SIZE_CAP_BYTES)
-
     name, env = device_name(rt.device), " ".join(f"{k}={shlex.quote(str(v))}" for k, v in user_settings.items())
     runner = f"torchrun --standalone --nproc_per_node={rt.world_size}" if "LOCAL_RANK" in os.environ else "python3"
     summary = dict(run_id=cfg.run_id, mode=mode, seed=cfg.seed, code_sha256=code[1], code_bytes=len(code[0]),
@@ -2736,9 +2616,10 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
                    device_name=name, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                    flash_attn=package_version("flash_attn_interface" if attention_name == "fa3" else "flash_attn")
                    if attention_name.startswith("fa") else None, numpy=np.__version__, sentencepiece=spm.__version__,
-                   zstandard=zstandard.__version__, compressor_packages={cfg.compressor: package_version(cfg.compressor)}
-                   if cfg.compressor != "zstd" else {}, hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
-                                                                  else f"{rt.world_size}x CPU process ({name})"),
+                   zstandard=zstandard.__version__,
+                   compressor_packages={cfg.compressor: package_version(cfg.compressor)} if cfg.compressor != "zstd"
+                   else {}, hardware=(f"{rt.world_size}x {name}" if rt.device.type == "cuda"
+                                      else f"{rt.world_size}x CPU process ({name})"),
                    model_params=params, rescore_overrides=overridden, steps=0, step_avg_ms=0.0, train_time_s=0.0,
                    stop_reason="none", prequant_val_loss=None, prequant_val_bpb=None, artifact_load_s=artifact_load_s,
                    **sizes)
@@ -2769,7 +2650,7 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
                 write_atomic(Path(cfg.artifact_path), blob)
             except OSError as e:
                 error = f"cannot write ARTIFACT_PATH={cfg.artifact_path}: {e}"
-        agree(rt, error)
+        rt.agree(error)
         log(f"artifact: {cfg.artifact_path} written")
     status = final_evaluation(cfg, rt, log, model, run_model, val, code, summary)
     if rt.world_size > 1:
@@ -2777,16 +2658,10 @@ def run(cfg: Config, warnings: list[str], overridden: list[str], log_box: list) 
     return status
 
 
-ERROR_KINDS = {ConfigError: ("configuration error", 2), DataError: ("data error", 2), ArtifactError: ("artifact error", 2),
-               TrainingStopped: ("training stopped", 1), EvalError: ("evaluation error", 1)}
-
-
 def main(environ=os.environ) -> int:
     def fail(kind: str, message: str) -> None:
         if is_main:
-            if log_box[0].file:  # the log of a run that started ends by saying it failed, and why
-                log_box[0].file.write(f"run failed: {kind}: {message}\n")
-                log_box[0].file.flush()
+            log_box[0](f"run failed: {kind}: {message}", console=False)  # a started run's log ends saying why
             print(f"train_gpt.py: {kind}: {message}", file=sys.stderr, flush=True)
     is_main, log_box = int(environ.get("RANK", "0")) == 0, [RunLog(None)]
     try:
@@ -2811,8 +2686,7 @@ def main(environ=os.environ) -> int:
 if __name__ == "__main__":
     status = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Once DDP has run, destroy_process_group() leaves gloo's threads alive and interpreter teardown sometimes
-        # aborts on them ("terminate called without an active exception"); all is flushed by now, so skip it.
+        # once DDP ran, gloo's live threads can abort the teardown ("terminate called without an active exception")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
