@@ -438,17 +438,21 @@ def _json_object(text: str, where: str, fix: str) -> dict:
     return obj
 
 
+def _check_file(path: Path, what: str, kind: str, limit: int, bigger_than: str, fix: str) -> None:
+    """Refuse (InputError) `path` unless it is a regular file of at most `limit` bytes."""
+    if path.is_dir():
+        raise InputError(f"{what} is a directory, not a {kind}; {fix}")
+    if not path.is_file():
+        raise InputError(f"{what} is not a regular file; {fix}")
+    if (size := path.stat().st_size) > limit:
+        raise InputError(f"{what} is {size:,} bytes, more than {bigger_than}; {fix}")
+
+
 def _read_summary(json_path: Path, where: str, fix: str) -> str:
     """The text of a summary file, refused when it is not a file, not UTF-8 or too large."""
     try:
-        if json_path.is_dir():
-            raise InputError(f"{where} is a directory, not a file; {fix}")
-        if not json_path.is_file():
-            raise InputError(f"{where} is not a regular file; {fix}")
-        size = json_path.stat().st_size
-        if size > MAX_SUMMARY_BYTES:
-            raise InputError(f"{where} is {size:,} bytes, more than a run summary can be "
-                             f"({MAX_SUMMARY_BYTES:,} at most; it holds a few kB); {fix}")
+        _check_file(json_path, where, "file", MAX_SUMMARY_BYTES,
+                    f"a run summary can be ({MAX_SUMMARY_BYTES:,} at most; it holds a few kB)", fix)
         with open(json_path, "rb") as fh:
             data = fh.read(MAX_SUMMARY_BYTES + 1)
         if len(data) > MAX_SUMMARY_BYTES:
@@ -469,14 +473,8 @@ def parse_log(path) -> Run:
     try:
         if not path.exists():
             raise InputError(f"{what} does not exist; {LOG_FIX}")
-        if path.is_dir():
-            raise InputError(f"{what} is a directory, not a log file; {LOG_FIX}")
-        if not path.is_file():
-            raise InputError(f"{what} is not a regular file; {LOG_FIX}")
-        size = path.stat().st_size
-        if size > MAX_LOG_BYTES:
-            raise InputError(f"{what} is {size:,} bytes, more than any train_gpt.py log "
-                             f"({MAX_LOG_BYTES:,} at most); {LOG_FIX}")
+        _check_file(path, what, "log file", MAX_LOG_BYTES, f"any train_gpt.py log ({MAX_LOG_BYTES:,} at most)",
+                    LOG_FIX)
         run = Run(path=path, summary={})
         summary_text = _read_lines(run)
     except OSError as e:
