@@ -2008,16 +2008,16 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
             if len(blob) + code_bytes <= target or not (steps := cap_steps(c)):
                 break
             trials = []
-            for step in steps:  # (trial bpb, bytes saved, step, entries, blob)
+            for step in steps:  # (trial bpb, bytes saved, step, entries, blob): a step saving no byte is not scored
                 e, b, _ = build(replace(c, **step))
-                trials.append((plain_bpb(e), len(blob) - len(b), step, e, b))
+                trials.append((plain_bpb(e) if len(b) < len(blob) else math.inf, len(blob) - len(b), step, e, b))
                 log(f"fit_to_cap: trial {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: {len(b)} bytes "
                     f"({-trials[-1][1]:+d}), plain bpb {trials[-1][0] - bpb:+.5f}")
             new_bpb, saved, step, entries, blob = min(trials, key=lambda t: (t[1] <= 0, (t[0] - bpb) / max(t[1], 1)))
             log(f"fit_to_cap: chose {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: artifact {len(blob)} + "
                 f"code {code_bytes} = {len(blob) + code_bytes} bytes (target {target}), "
                 f"{(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} bpb per MB saved")
-            c, bpb = replace(c, **step), new_bpb
+            c, bpb = replace(c, **step), new_bpb if saved > 0 else bpb
         model.load_state_dict(state)
         log(f"fit_to_cap: {'fits' if len(blob) + code_bytes <= target else 'still over'} after "
             f"{time.perf_counter() - t0:.1f}s")

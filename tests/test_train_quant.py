@@ -1,6 +1,7 @@
 """Export: GPTQ against round to nearest, SDClip and clip search, LQER, every compressor's round trip,
 calibration on training data only, the size forecast and FIT_TO_CAP's ladder."""
 import json
+import math
 import re
 
 import numpy as np
@@ -174,9 +175,11 @@ def test_size_forecast_is_within_ten_percent(workspace, monkeypatch):
 def test_fit_to_cap_takes_the_cheapest_step_each_round_until_the_target(workspace, monkeypatch):
     """A cap far below the unconstrained artifact (~170 kB) and a margin under it: each round tries every step, takes the
     one with the least plain-eval bpb per byte saved (recomputed here from the trial lines), and stops once code +
-    artifact is under the cap less CAP_MARGIN_BYTES."""
-    code = len((tg.Path(tg.__file__)).read_bytes())
+    artifact is under the cap less CAP_MARGIN_BYTES. A step that changes no byte (here one added to the ladder that
+    touches no export setting) is not scored: its trial line says +inf and it is never taken."""
+    code, ladder = len((tg.Path(tg.__file__)).read_bytes()), tg.cap_steps
     monkeypatch.setattr(tg, "SIZE_CAP_BYTES", code + 100_000)
+    monkeypatch.setattr(tg, "cap_steps", lambda c: ladder(c) + [{"cap_margin_bytes": c.cap_margin_bytes}])
     for k, v in dict(RUN_ID="cap", FIT_TO_CAP="1", CAP_MARGIN_BYTES="10000").items():
         monkeypatch.setenv(k, v)
     assert tg.main() == 0
@@ -186,8 +189,10 @@ def test_fit_to_cap_takes_the_cheapest_step_each_round_until_the_target(workspac
     assert len(chosen) >= 2 and len(rounds) == len(chosen)
     for trials, (step, artifact, total, target) in zip(rounds, chosen):
         tried = [(name, int(saved), float(bpb)) for name, saved, bpb in re.findall(
-            r"^fit_to_cap: trial (\S+): \d+ bytes \(([-+]\d+)\), plain bpb ([-+][\d.]+)", trials, re.M)]
+            r"^fit_to_cap: trial (\S+): \d+ bytes \(([-+]\d+)\), plain bpb ([-+](?:[\d.]+|inf))", trials, re.M)]
         assert len(tried) >= 4  # every class's bits, and more pruning
+        assert all((bpb == math.inf) == (saved >= 0) for _, saved, bpb in tried)  # a step saving nothing: not scored
+        assert tried[-1] == ("CAP_MARGIN_BYTES=10000", 0, math.inf) and step != tried[-1][0]
         best = min(tried, key=lambda t: (-t[1] <= 0, t[2] / max(-t[1], 1)))
         assert step == best[0], (step, tried)
     assert [int(c[1]) for c in chosen] == sorted((int(c[1]) for c in chosen), reverse=True)
