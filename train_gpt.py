@@ -1984,7 +1984,7 @@ def cap_steps(cfg: Config) -> list[dict]:
 def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
                     code_bytes: int, score: dict) -> bytes:
     """The artifact's bytes (every rank quantises and packs, so all agree on sizes). FIT_TO_CAP: while code + artifact >
-    cap - CAP_MARGIN_BYTES, take the `cap_steps` step costing the least plain bpb per byte saved (weights restored)."""
+    cap - CAP_MARGIN_BYTES, take the `cap_steps` step of least plain bpb per byte saved; then bisect the last."""
     cache = {}
 
     def build(c: Config) -> tuple:
@@ -2002,8 +2002,9 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
     log(f"export: {len(blob)} bytes in {seconds:.1f}s (QUANT_METHOD={cfg.quant_method} QUANT_CLIP={cfg.quant_clip} "
         f"LQER_TOP_K={cfg.lqer_top_k} COMPRESSOR={cfg.compressor})")
     target, c, t0 = SIZE_CAP_BYTES - cfg.cap_margin_bytes, cfg, time.perf_counter()
+    named = lambda step: " ".join(f"{k.upper()}={v}" for k, v in step.items())  # noqa: E731
     if cfg.fit_to_cap and len(blob) + code_bytes > target:
-        bpb = plain_bpb(entries)
+        bpb, step, last = plain_bpb(entries), {}, c
         for _ in range(64):  # (each step makes one setting coarser: the bytes fall)
             if len(blob) + code_bytes <= target or not (steps := cap_steps(c)):
                 break
@@ -2011,13 +2012,19 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
             for step in steps:  # (trial bpb, bytes saved, step, entries, blob): a step saving no byte is not scored
                 e, b, _ = build(replace(c, **step))
                 trials.append((plain_bpb(e) if len(b) < len(blob) else math.inf, len(blob) - len(b), step, e, b))
-                log(f"fit_to_cap: trial {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: {len(b)} bytes "
-                    f"({-trials[-1][1]:+d}), plain bpb {trials[-1][0] - bpb:+.5f}")
+                log(f"fit_to_cap: trial {named(step)}: {len(b)} bytes ({-trials[-1][1]:+d}), plain bpb "
+                    f"{trials[-1][0] - bpb:+.5f}")
             new_bpb, saved, step, entries, blob = min(trials, key=lambda t: (t[1] <= 0, (t[0] - bpb) / max(t[1], 1)))
-            log(f"fit_to_cap: chose {' '.join(f'{k.upper()}={v}' for k, v in step.items())}: artifact {len(blob)} + "
-                f"code {code_bytes} = {len(blob) + code_bytes} bytes (target {target}), "
+            log(f"fit_to_cap: chose {named(step)}: artifact {len(blob)} + code {code_bytes} = "
+                f"{len(blob) + code_bytes} bytes (target {target}), "
                 f"{(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} bpb per MB saved")
-            c, bpb = replace(c, **step), new_bpb if saved > 0 else bpb
+            last, c, bpb = c, replace(c, **step), new_bpb if saved > 0 else bpb
+        lo = {k: getattr(last, k) for k in step}  # the last step halved 3 times: the least coarse setting that fits
+        for _ in range(3 if step and all(type(v) is float for v in step.values()) and len(blob) + code_bytes <= target
+                       else 0):
+            _, b, _ = build(replace(last, **(mid := {k: round((lo[k] + v) / 2, 6) for k, v in step.items()})))
+            log(f"fit_to_cap: bisect {named(mid)}: artifact {len(b)} + code {code_bytes} = {len(b) + code_bytes} bytes")
+            step, blob, lo = (mid, b, lo) if len(b) + code_bytes <= target else (step, blob, mid)
         model.load_state_dict(state)
         log(f"fit_to_cap: {'fits' if len(blob) + code_bytes <= target else 'still over'} after "
             f"{time.perf_counter() - t0:.1f}s")

@@ -201,6 +201,34 @@ def test_fit_to_cap_takes_the_cheapest_step_each_round_until_the_target(workspac
     assert s["bytes_total"] <= tg.SIZE_CAP_BYTES - 10_000 and "fit_to_cap: fits after" in log
 
 
+def test_fit_to_cap_bisects_its_last_clip_step_to_the_least_coarse_setting_that_fits(workspace, monkeypatch):
+    """With SDClip the steps are clips 4% wider, so the last one can undershoot the target by a whole step's bytes:
+    the export then halves that step 3 times (bytes only, no scoring), keeping each midpoint that fits. The midpoints
+    are recomputed here from the log, and the artifact kept is the last candidate that fits. (The ladder is cut to the
+    MLP and attention clips, a few hundred bytes a step here: this model's other classes save a few bytes a step.)"""
+    monkeypatch.setenv("QUANT_CLIP", "sdclip")
+    monkeypatch.setenv("RUN_ID", "free")
+    assert tg.main() == 0
+    free, ladder = json.loads((workspace / "logs" / "free.json").read_text()), tg.cap_steps
+    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", free["bytes_total"] - 500)  # a few steps, the last one overshooting
+    monkeypatch.setattr(tg, "cap_steps", lambda c: ladder(c)[:2])
+    for k, v in dict(RUN_ID="bisect", FIT_TO_CAP="1", CAP_MARGIN_BYTES="0").items():
+        monkeypatch.setenv(k, v)
+    assert tg.main() == 0
+    log, target = (workspace / "logs" / "bisect.txt").read_text(), tg.SIZE_CAP_BYTES
+    chosen = re.findall(r"^fit_to_cap: chose (\w+)=([\d.]+): artifact (\d+) \+ code \d+ = (\d+) bytes", log, re.M)
+    bisects = re.findall(r"^fit_to_cap: bisect (\w+)=([\d.]+): artifact (\d+) \+ code \d+ = (\d+) bytes", log, re.M)
+    assert chosen and int(chosen[-1][3]) <= target and len(bisects) == 3
+    key = chosen[-1][0]
+    lo = next((float(v) for k, v, _, _ in reversed(chosen[:-1]) if k == key), getattr(tg.Config(), key.lower()))
+    hi, kept = float(chosen[-1][1]), int(chosen[-1][2])
+    for k, v, artifact, total in bisects:
+        assert k == key and float(v) == round((lo + hi) / 2, 6) and lo < float(v) < hi
+        hi, lo, kept = (float(v), lo, int(artifact)) if int(total) <= target else (hi, float(v), kept)
+    s = json.loads((workspace / "logs" / "bisect.json").read_text())
+    assert s["artifact_bytes"] == kept and s["bytes_total"] <= target and "fit_to_cap: fits after" in log
+
+
 def test_cap_steps_are_each_one_setting_coarser():
     sd = tg.Config(quant_clip="sdclip")
     steps = tg.cap_steps(sd)
