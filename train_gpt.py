@@ -1984,7 +1984,7 @@ def cap_steps(cfg: Config) -> list[dict]:
 def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model, val: ValData, hessians,
                     code_bytes: int, score: dict) -> bytes:
     """The artifact's bytes (every rank quantises and packs, so all agree on sizes). FIT_TO_CAP: while code + artifact >
-    cap - CAP_MARGIN_BYTES, take the `cap_steps` step of least plain bpb per byte saved; then bisect the last."""
+    cap - CAP_MARGIN_BYTES, take the `cap_steps` step of least plain bpb rise per byte saved; then bisect the last."""
     cache = {}
 
     def build(c: Config) -> tuple:
@@ -2013,15 +2013,15 @@ def export_artifact(cfg: Config, rt: Runtime, log: RunLog, model: GPT, run_model
                 e, b, _ = build(replace(c, **step))
                 trials.append((plain_bpb(e) if len(b) < len(blob) else math.inf, len(blob) - len(b), step, e, b))
                 log(f"fit_to_cap: trial {named(step)}: {len(b)} bytes ({-trials[-1][1]:+d}), plain bpb "
-                    f"{trials[-1][0] - bpb:+.5f}")
-            new_bpb, saved, step, entries, blob = min(trials, key=lambda t: (t[1] <= 0, (t[0] - bpb) / max(t[1], 1)))
+                    f"{trials[-1][0] - bpb:+.4e}")
+            cost = lambda t: (t[1] <= 0, max(t[0] - bpb, 0) / max(t[1], 1), -t[1])  # noqa: E731 (free: most bytes)
+            new_bpb, saved, step, entries, blob = min(trials, key=cost)
             log(f"fit_to_cap: chose {named(step)}: artifact {len(blob)} + code {code_bytes} = "
                 f"{len(blob) + code_bytes} bytes (target {target}), "
                 f"{(new_bpb - bpb) * 1e6 / max(saved, 1):+.3f} bpb per MB saved")
             last, c, bpb = c, replace(c, **step), new_bpb if saved > 0 else bpb
         lo = {k: getattr(last, k) for k in step}  # the last step halved 3 times: the least coarse setting that fits
-        for _ in range(3 if step and all(type(v) is float for v in step.values()) and len(blob) + code_bytes <= target
-                       else 0):
+        for _ in range(3 if len(blob) + code_bytes <= target and all(type(v) is float for v in step.values()) else 0):
             _, b, _ = build(replace(last, **(mid := {k: round((lo[k] + v) / 2, 6) for k, v in step.items()})))
             log(f"fit_to_cap: bisect {named(mid)}: artifact {len(b)} + code {code_bytes} = {len(b) + code_bytes} bytes")
             step, blob, lo = (mid, b, lo) if len(b) + code_bytes <= target else (step, blob, mid)
