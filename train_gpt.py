@@ -645,7 +645,7 @@ def byte_sidecars(cfg: Config, sp: spm.SentencePieceProcessor, val_files: list[P
 
 
 def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per token id: its piece's UTF-8 bytes less a leading '▁', whether it has one, if it is control/unknown/unused."""
+    """Per token id: its piece's UTF-8 bytes less a leading '▁', whether it has one, if control/unknown/unused."""
     base, space = np.zeros(vocab_size, dtype=np.int32), np.zeros(vocab_size, dtype=bool)
     boundary = np.ones(vocab_size, dtype=bool)
     for i in range(sp.vocab_size()):

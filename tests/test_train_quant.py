@@ -172,14 +172,14 @@ def test_size_forecast_is_within_ten_percent(workspace, monkeypatch):
     assert abs(forecast - actual) <= 0.1 * actual, (forecast, actual)
 
 
-def fit_rounds(workspace, monkeypatch, run_id: str, ladder) -> tuple[str, list, list]:
-    """Run the tiny model under FIT_TO_CAP with a cap ~70 kB below its artifact, a 10 kB margin and the ladder's steps
-    rewritten by `ladder`: (log, per round [(step, signed byte change, bpb change)], per round (step, artifact, total,
-    target)) from the log's trial and choice lines."""
+def fit_rounds(workspace, monkeypatch, run_id: str, ladder, cap: int = 0, margin: int = 10_000) -> tuple:
+    """Run the tiny model under FIT_TO_CAP with a cap (default ~70 kB below its artifact), a margin and the ladder's
+    steps rewritten by `ladder`: (log, per round [(step, signed byte change, bpb change)], per round (step, artifact,
+    total, target)) from the log's trial and choice lines."""
     code, steps_of = len((tg.Path(tg.__file__)).read_bytes()), tg.cap_steps
-    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", code + 100_000)
+    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", cap or code + 100_000)
     monkeypatch.setattr(tg, "cap_steps", lambda c: ladder(steps_of(c)))
-    for k, v in dict(RUN_ID=run_id, FIT_TO_CAP="1", CAP_MARGIN_BYTES="10000").items():
+    for k, v in dict(RUN_ID=run_id, FIT_TO_CAP="1", CAP_MARGIN_BYTES=str(margin)).items():
         monkeypatch.setenv(k, v)
     assert tg.main() == 0
     log = (workspace / "logs" / f"{run_id}.txt").read_text()
@@ -231,14 +231,10 @@ def test_fit_to_cap_bisects_its_last_clip_step_to_the_least_coarse_setting_that_
     monkeypatch.setenv("QUANT_CLIP", "sdclip")
     monkeypatch.setenv("RUN_ID", "free")
     assert tg.main() == 0
-    free, ladder = json.loads((workspace / "logs" / "free.json").read_text()), tg.cap_steps
-    monkeypatch.setattr(tg, "SIZE_CAP_BYTES", free["bytes_total"] - 500)  # a few steps, the last one overshooting
-    monkeypatch.setattr(tg, "cap_steps", lambda c: ladder(c)[:2])
-    for k, v in dict(RUN_ID="bisect", FIT_TO_CAP="1", CAP_MARGIN_BYTES="0").items():
-        monkeypatch.setenv(k, v)
-    assert tg.main() == 0
-    log, target = (workspace / "logs" / "bisect.txt").read_text(), tg.SIZE_CAP_BYTES
-    chosen = re.findall(r"^fit_to_cap: chose (\w+)=([\d.]+): artifact (\d+) \+ code \d+ = (\d+) bytes", log, re.M)
+    free = json.loads((workspace / "logs" / "free.json").read_text())
+    log, _, chosen = fit_rounds(workspace, monkeypatch, "bisect", lambda steps: steps[:2],
+                                cap=free["bytes_total"] - 500, margin=0)  # a few steps, the last one overshooting
+    target, chosen = tg.SIZE_CAP_BYTES, [(*step.split("="), artifact, total) for step, artifact, total, _ in chosen]
     bisects = re.findall(r"^fit_to_cap: bisect (\w+)=([\d.]+): artifact (\d+) \+ code \d+ = (\d+) bytes", log, re.M)
     assert chosen and int(chosen[-1][3]) <= target and len(bisects) == 3
     key = chosen[-1][0]
